@@ -1,0 +1,173 @@
+"""Typed configs: dataclasses filled from YAML files and `key.sub=value` overrides.
+
+Every stage describes its settings as a tree of dataclasses. A run's config is built as
+
+    defaults of the dataclasses  <-  the YAML file (--config)  <-  command-line overrides
+
+and each value is checked against the field's type hint. An unknown key, a value of the wrong
+type or a failed `__post_init__` check raises `ConfigError` naming the key, before any work starts.
+The resolved config is saved beside the run (`save_config`) so that a run can be reproduced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the config's dataclasses."""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=3e-4' -> (['train', 'lr'], 3e-4). The value is read as a YAML scalar or list."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from err
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """Return a copy of the nested dict `data` with each 'a.b=value' override set."""
+    data = _deep_copy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for depth, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                dotted = ".".join(keys[: depth + 1])
+                raise ConfigError(f"override {text!r}: {dotted!r} is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def from_dict(cls: type[T], data: dict | None, prefix: str = "") -> T:
+    """Build dataclass `cls` from a nested dict, checking every key and type."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"section {prefix or '<root>'!r} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            where = f"{prefix}{key}"
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
+            valid = ", ".join(fields)
+            raise ConfigError(f"unknown config key {where!r}{hint}; valid keys here: {valid}")
+    kwargs = {
+        name: _convert(hints[name], value, f"{prefix}{name}") for name, value in data.items()
+    }
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"invalid config {prefix.rstrip('.') or cls.__name__}: {err}") from err
+
+
+def load_config(
+    cls: type[T],
+    config_file: str | Path | None,
+    overrides: Sequence[str] = (),
+    values: dict | None = None,
+) -> T:
+    """Defaults of `cls`, then the YAML file (if any), then `values` (top-level keys, e.g. from
+    command-line flags), then the dotted overrides."""
+    data: dict = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    data.update(values or {})
+    return from_dict(cls, apply_overrides(data, overrides))
+
+
+def to_dict(config: Any) -> dict:
+    """The config tree as plain dicts and lists (for YAML, JSON and checkpoints)."""
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    """Check (and where lossless, convert) `value` against the type hint `hint`."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key!r}: {value!r} fits no type")
+    if origin in (list, tuple):
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r} expects a list, got {value!r}")
+        item = args[0] if args else Any
+        items = [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, prefix=f"{key}.")
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads '1e-4' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise ConfigError(f"config key {key!r} has an unsupported type {hint!r}")
+    raise ConfigError(
+        f"config key {key!r} expects {hint.__name__}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
