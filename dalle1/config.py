@@ -70,9 +70,7 @@ def from_dict(cls: type[T], data: dict | None, prefix: str = "") -> T:
             hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
             valid = ", ".join(fields)
             raise ConfigError(f"unknown config key {where!r}{hint}; valid keys here: {valid}")
-    kwargs = {
-        name: _convert(hints[name], value, f"{prefix}{name}") for name, value in data.items()
-    }
+    kwargs = {name: _convert(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:

@@ -81,7 +81,9 @@ def pixel_labels(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     best = residual.argmin(-1)
     best_alpha = np.take_along_axis(blend, best[:, None], -1)[:, 0]
     unexplained = np.take_along_axis(residual, best[:, None], -1)[:, 0] > UNEXPLAINED_RESIDUAL
-    fg = np.where(unexplained, darkness[inked] > UNEXPLAINED_DARKNESS, best_alpha >= FOREGROUND_ALPHA)
+    fg = np.where(
+        unexplained, darkness[inked] > UNEXPLAINED_DARKNESS, best_alpha >= FOREGROUND_ALPHA
+    )
     labels[inked] = np.where(unexplained, -1, best)
     alpha[inked] = np.where(unexplained, fg.astype(np.float64), best_alpha)
     foreground[inked] = fg
@@ -264,12 +266,16 @@ def _relation_holds(relation: str, a: DetectedObject, b: DetectedObject) -> bool
 
 
 def judge_image(image: Image.Image, spec: dict) -> dict:
-    """Judge one picture against its spec -> {"pass", "failures": {attr: reason}, "checked", "found"}."""
+    """Judge one picture against its spec.
+
+    Returns {"pass": bool, "failures": {attribute: reason}, "checked": [attributes],
+    "found": [detected objects]}.
+    """
     detected, stray = detect_objects(image)
     wanted = spec["objects"]
     # Match asked-for objects to detections: the assignment with the fewest failures.
     candidates = detected[:12] + [None] * len(wanted)
-    tags = ["the object"] if len(wanted) == 1 else [f"object {chr(65 + i)}" for i in range(len(wanted))]
+    tags = [f"object {chr(65 + i)}" for i in range(len(wanted))] if len(wanted) > 1 else ["object"]
     best: tuple[int, dict, tuple] | None = None
     for assignment in itertools.permutations(candidates, len(wanted)):
         failures: dict[str, str] = {}

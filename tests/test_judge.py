@@ -1,7 +1,6 @@
 import dataclasses
 
 import numpy as np
-
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
