@@ -1,0 +1,27 @@
+"""Data sources of captioned images. Each yields (image (3, S, S) float in [0, 1], caption)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import Dataset, IterableDataset
+
+from dalle1.data.folder import ImageFolderDataset
+from dalle1.data.shards import TarShardDataset
+
+
+def open_source(
+    source: str, image_size: int, train: bool = True, seed: int = 0
+) -> Dataset | IterableDataset:
+    """A folder of images with captions, or tar shards (a path ending in .tar, a brace pattern or
+    a 'pipe:' command)."""
+    if Path(source).is_dir():
+        return ImageFolderDataset(source, image_size, train=train, seed=seed)
+    if ".tar" in source or "{" in source or source.startswith("pipe:"):
+        return TarShardDataset(source, image_size, train=train, seed=seed)
+    raise FileNotFoundError(
+        f"data source {source!r} is neither a folder nor tar shards (e.g. data/shard-{{0..9}}.tar)"
+    )
+
+
+__all__ = ["ImageFolderDataset", "TarShardDataset", "open_source"]
