@@ -70,7 +70,14 @@ def from_dict(cls: type[T], data: dict | None, prefix: str = "") -> T:
             hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
             valid = ", ".join(fields)
             raise ConfigError(f"unknown config key {where!r}{hint}; valid keys here: {valid}")
-    kwargs = {name: _convert(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
+    kwargs = {}
+    for name, value in data.items():
+        default = _default_of(fields[name])
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            # A section given in part keeps the parent's defaults for the rest, which may differ
+            # from the section class's own defaults (e.g. a stage's own run_dir).
+            value = _merge(dataclasses.asdict(default), value)
+        kwargs[name] = _convert(hints[name], value, f"{prefix}{name}")
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:
@@ -161,6 +168,22 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
     raise ConfigError(
         f"config key {key!r} expects {hint.__name__}, got {value!r} ({type(value).__name__})"
     )
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _deep_copy(data: Any) -> Any:

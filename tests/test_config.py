@@ -92,3 +92,13 @@ def test_parse_override_reads_yaml_scalars():
     assert parse_override("a.b=3") == (["a", "b"], 3)
     assert parse_override("a=[1, 2]") == (["a"], [1, 2])
     assert parse_override("a=hello") == (["a"], "hello")
+
+
+@dataclass
+class Stage:
+    train: Model = field(default_factory=lambda: Model(num_layers=12, name="stage"))
+
+
+def test_partial_section_keeps_the_parent_defaults():
+    config = from_dict(Stage, {"train": {"num_heads": 4}})
+    assert (config.train.num_layers, config.train.name, config.train.num_heads) == (12, "stage", 4)

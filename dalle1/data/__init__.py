@@ -11,14 +11,15 @@ from dalle1.data.shards import TarShardDataset
 
 
 def open_source(
-    source: str, image_size: int, train: bool = True, seed: int = 0
+    source: str, image_size: int, train: bool = True, seed: int = 0, all_captions: bool = False
 ) -> Dataset | IterableDataset:
     """A folder of images with captions, or tar shards (a path ending in .tar, a brace pattern or
     a 'pipe:' command)."""
+    options = {"train": train, "seed": seed, "all_captions": all_captions}
     if Path(source).is_dir():
-        return ImageFolderDataset(source, image_size, train=train, seed=seed)
+        return ImageFolderDataset(source, image_size, **options)
     if ".tar" in source or "{" in source or source.startswith("pipe:"):
-        return TarShardDataset(source, image_size, train=train, seed=seed)
+        return TarShardDataset(source, image_size, **options)
     raise FileNotFoundError(
         f"data source {source!r} is neither a folder nor tar shards (e.g. data/shard-{{0..9}}.tar)"
     )

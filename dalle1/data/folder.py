@@ -23,6 +23,7 @@ from dalle1.data.transforms import (
     SkipLog,
     decode_caption,
     decode_image,
+    pick_caption,
     resize_and_crop,
     to_tensor,
 )
@@ -53,6 +54,7 @@ class ImageFolderDataset(Dataset):
         image_size: side S of the square crops.
         train: random crops and a random caption per epoch; otherwise centre crops and the first
             caption.
+        all_captions: give every caption of an image, joined by newlines, instead of one.
         seed: seeds crops and caption choice together with the epoch and the index, so that a
             resumed run sees the same samples.
     """
@@ -64,11 +66,18 @@ class ImageFolderDataset(Dataset):
         train: bool = True,
         seed: int = 0,
         max_pixels: int = MAX_PIXELS,
+        all_captions: bool = False,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist")
-        self.image_size, self.train, self.seed, self.max_pixels = image_size, train, seed, max_pixels
+        self.image_size, self.train, self.seed, self.max_pixels = (
+            image_size,
+            train,
+            seed,
+            max_pixels,
+        )
+        self.all_captions = all_captions
         self.epoch = 0
         self.skips = SkipLog(str(self.root))
         self.items: list[tuple[Path, list[str]]] = []
@@ -105,6 +114,8 @@ class ImageFolderDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        if not 0 <= index < len(self.items):
+            raise IndexError(f"index {index} out of range for {len(self.items)} samples")
         # A file that fails to decode is replaced by the next usable one, so batches stay full.
         for offset in range(len(self.items)):
             path, captions = self.items[(index + offset) % len(self.items)]
@@ -113,9 +124,7 @@ class ImageFolderDataset(Dataset):
             except (BadSample, OSError) as err:
                 self.skips.add(str(path.relative_to(self.root)), str(err))
                 continue
-            if not self.train:
-                return to_tensor(resize_and_crop(image, self.image_size, None)), captions[0]
-            rng = random.Random(f"{self.seed}/{self.epoch}/{index}")
-            caption = rng.choice(captions)
+            rng = random.Random(f"{self.seed}/{self.epoch}/{index}") if self.train else None
+            caption = pick_caption(captions, rng, self.all_captions)
             return to_tensor(resize_and_crop(image, self.image_size, rng)), caption
         raise RuntimeError(f"no image in {str(self.root)!r} could be decoded")

@@ -24,6 +24,7 @@ from dalle1.data.transforms import (
     SkipLog,
     decode_caption,
     decode_image,
+    pick_caption,
     resize_and_crop,
     to_tensor,
 )
@@ -34,7 +35,10 @@ IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 def expand_shards(patterns: str | list[str]) -> list[str]:
-    """'a-{0..2}.tar' or a list of such -> ['a-0.tar', 'a-1.tar', 'a-2.tar']; local files must exist."""
+    """'a-{0..2}.tar' or a list of such -> ['a-0.tar', 'a-1.tar', 'a-2.tar'].
+
+    Local files must exist.
+    """
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     urls = [u for pattern in patterns for u in braceexpand.braceexpand(pattern)]
     if not urls:
@@ -61,6 +65,7 @@ class TarShardDataset(IterableDataset):
         image_size: side S of the square crops.
         train: shuffles shard order per epoch, random crops and captions; otherwise in order with
             centre crops and the first caption.
+        all_captions: give every caption of an image, joined by newlines, instead of one.
         seed: seeds the shard order, crops and captions together with the epoch.
     """
 
@@ -71,9 +76,16 @@ class TarShardDataset(IterableDataset):
         train: bool = True,
         seed: int = 0,
         max_pixels: int = MAX_PIXELS,
+        all_captions: bool = False,
     ) -> None:
         self.urls = expand_shards(shards)
-        self.image_size, self.train, self.seed, self.max_pixels = image_size, train, seed, max_pixels
+        self.image_size, self.train, self.seed, self.max_pixels = (
+            image_size,
+            train,
+            seed,
+            max_pixels,
+        )
+        self.all_captions = all_captions
         self.epoch = 0
         self.skips = SkipLog("shards")
         if next(self._samples(self.urls), None) is None:
@@ -112,7 +124,7 @@ class TarShardDataset(IterableDataset):
                 self.skips.add(name, str(err))
                 continue
             rng = random.Random(f"{self.seed}/{self.epoch}/{name}") if self.train else None
-            caption = rng.choice(captions) if rng else captions[0]
+            caption = pick_caption(captions, rng, self.all_captions)
             yield to_tensor(resize_and_crop(image, self.image_size, rng)), caption
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:

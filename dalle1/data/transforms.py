@@ -84,6 +84,13 @@ def decode_caption(data: bytes) -> list[str]:
     return captions
 
 
+def pick_caption(captions: list[str], rng: random.Random | None, all_captions: bool = False) -> str:
+    """One caption: drawn by rng in training, the first otherwise; or all, joined by newlines."""
+    if all_captions:
+        return "\n".join(captions)
+    return rng.choice(captions) if rng is not None else captions[0]
+
+
 def resize_and_crop(image: Image.Image, size: int, rng: random.Random | None) -> Image.Image:
     """Resize so the short side is `size`, then crop to size x size.
 
@@ -130,6 +137,8 @@ class SkipLog:
     def summary(self) -> str:
         lines = [f"{self.source}: skipped {self.count} sample(s)"]
         for reason, names in sorted(self.skipped.items()):
-            shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+            shown = ", ".join(names[:10]) + (
+                f" and {len(names) - 10} more" if len(names) > 10 else ""
+            )
             lines.append(f"  {reason}: {shown}")
         return "\n".join(lines)

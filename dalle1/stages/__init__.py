@@ -1,0 +1,1 @@
+"""The stages that `python train.py STAGE` runs; each owns its run config."""

@@ -1,0 +1,187 @@
+"""The shared training machinery, exercised through the vqvae stage with the tiny config."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dalle1.checkpoint import atomic_checkpoint, latest_checkpoint, list_checkpoints
+from dalle1.config import load_config
+from dalle1.data.shapes import ShapesConfig, write_split
+from dalle1.stages.vqvae import VQVAERunConfig, train_vqvae
+from dalle1.training import OptimConfig, TrainConfig, Trainer, TrainingDiverged, lr_at
+from vqvae.model import DiscreteVAE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shapes_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shapes")
+    write_split(ShapesConfig(out=str(folder), n=48, size=32), progress=False)
+    return folder
+
+
+def tiny_config(run_dir, source, *overrides) -> VQVAERunConfig:
+    return load_config(
+        VQVAERunConfig,
+        ROOT / "configs/vqvae_tiny.yaml",
+        [f"train.run_dir={run_dir}", f"data.source={source}", "train.ema_decay=0.9", *overrides],
+    )
+
+
+def test_resume_gives_the_same_weights_as_one_run(tmp_path, shapes_folder):
+    k = 4
+    common = ["train.checkpoint_every=100", "loss.restart_dead_codes_every=3"]
+    one_run = train_vqvae(
+        tiny_config(tmp_path / "one", shapes_folder, f"train.max_steps={2 * k}", *common)
+    )
+    first = tiny_config(tmp_path / "two", shapes_folder, f"train.max_steps={k}", *common)
+    train_vqvae(first)
+    second = tiny_config(tmp_path / "two", shapes_folder, f"train.max_steps={2 * k}", *common)
+    resumed = train_vqvae(second, resume=True)
+    assert resumed.step == one_run.step == 2 * k
+    for mine, theirs in [(resumed.model, one_run.model), (resumed.ema_model, one_run.ema_model)]:
+        for (name, a), b in zip(
+            mine.state_dict().items(), theirs.state_dict().values(), strict=True
+        ):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_checkpoints_hold_what_resume_needs_and_keep_the_last_n(tmp_path, shapes_folder):
+    config = tiny_config(
+        tmp_path,
+        shapes_folder,
+        "train.max_steps=7",
+        "train.checkpoint_every=2",
+        "train.keep_checkpoints=2",
+    )
+    train_vqvae(config)
+    names = [p.name for p in list_checkpoints(tmp_path / "checkpoints")]
+    assert names == ["step_0000006", "step_0000007"]
+    folder = latest_checkpoint(tmp_path / "checkpoints")
+    assert json.loads((folder / "state.json").read_text())["step"] == 7
+    assert set(load_file(folder / "model.safetensors")) == set(
+        load_file(folder / "train_weights.safetensors")
+    )
+    torch.load(folder / "optimizer.pt", weights_only=True)
+    torch.load(folder / "rng.pt", weights_only=True)
+    model = DiscreteVAE.from_pretrained(folder)
+    assert model.config == config.model
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "metrics.jsonl").is_file()
+    assert list((tmp_path / "previews").glob("reconstructions_*.png"))
+
+
+def test_corrupt_checkpoint_stops_resume_with_a_clear_error(tmp_path, shapes_folder):
+    train_vqvae(tiny_config(tmp_path, shapes_folder, "train.max_steps=2"))
+    weights = latest_checkpoint(tmp_path / "checkpoints") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+    with pytest.raises(ValueError, match="cannot resume from .*step_0000002"):
+        train_vqvae(tiny_config(tmp_path, shapes_folder, "train.max_steps=4"), resume=True)
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, shapes_folder):
+    train_vqvae(tiny_config(tmp_path, shapes_folder, "train.max_steps=2"))
+    with pytest.raises(ValueError, match="do not fit this model's config"):
+        train_vqvae(
+            tiny_config(tmp_path, shapes_folder, "train.max_steps=4", "model.codebook_size=64"),
+            resume=True,
+        )
+
+
+class Images(torch.utils.data.Dataset):
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, index):
+        return torch.full((3, 16, 16), index / 16), "caption"
+
+
+def test_nan_loss_stops_with_the_step_and_saves_nothing_corrupt(tmp_path):
+    model = DiscreteVAE(load_config(VQVAERunConfig, ROOT / "configs/vqvae_tiny.yaml").model)
+    config = TrainConfig(
+        run_dir=str(tmp_path), max_steps=10, batch_size=4, checkpoint_every=2, tensorboard=False
+    )
+    trainer = Trainer(config, OptimConfig(), model, Images(), config)
+
+    def step_fn(model, batch, step):
+        loss = model(batch[0], tau=1.0).mu.mean()
+        return (loss * float("nan") if step == 3 else loss), {}
+
+    with pytest.raises(TrainingDiverged, match="at step 3"):
+        trainer.fit(step_fn)
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_0000002"]
+    weights = load_file(tmp_path / "checkpoints" / "step_0000002" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_lr_schedule_warms_up_then_decays():
+    optim = OptimConfig(lr=1.0, final_lr=0.1, warmup_steps=10)
+    assert lr_at(0, optim, 100) == pytest.approx(0.1) and lr_at(9, optim, 100) == pytest.approx(1.0)
+    assert lr_at(10, optim, 100) == pytest.approx(1.0) and lr_at(100, optim, 100) == pytest.approx(
+        0.1
+    )
+    assert lr_at(55, optim, 100) == pytest.approx(0.55)
+
+
+def test_atomic_checkpoint_leaves_nothing_on_error(tmp_path):
+    with pytest.raises(RuntimeError), atomic_checkpoint(tmp_path, 5, keep=2) as folder:
+        (folder / "half.bin").write_bytes(b"x")
+        raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+
+
+KILL_SCRIPT = """
+import sys, time
+from pathlib import Path
+import dalle1.checkpoint as checkpoint
+from dalle1.config import load_config
+from dalle1.stages.vqvae import VQVAERunConfig, train_vqvae
+
+saves = []
+real_fsync_tree = checkpoint._fsync_tree
+
+def slow_fsync_tree(folder):
+    saves.append(folder)
+    if len(saves) == 2:  # the second save: files written, not yet renamed into place
+        Path(sys.argv[3]).write_text(str(folder))
+        time.sleep(60)
+    real_fsync_tree(folder)
+
+checkpoint._fsync_tree = slow_fsync_tree
+config = load_config(VQVAERunConfig, "configs/vqvae_tiny.yaml", [
+    f"train.run_dir={sys.argv[1]}", f"data.source={sys.argv[2]}", "train.max_steps=50",
+    "train.checkpoint_every=2", "train.ema_decay=0.9"])
+train_vqvae(config)
+"""
+
+
+def test_sigkill_mid_save_leaves_the_last_checkpoint_loadable(tmp_path, shapes_folder):
+    marker = tmp_path / "saving"
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(run_dir), str(shapes_folder), str(marker)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 60
+    while not marker.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert marker.exists(), "the training process never reached its second save"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    half_written = Path(marker.read_text())
+    assert half_written.exists() and any(half_written.iterdir())
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    assert latest.name == "step_0000002"
+    DiscreteVAE.from_pretrained(latest)
+    resumed = train_vqvae(tiny_config(run_dir, shapes_folder, "train.max_steps=5"), resume=True)
+    assert resumed.step == 5 and not half_written.exists()

@@ -1,0 +1,241 @@
+import math
+
+import pytest
+import torch
+
+from dalle1.config import load_config
+from dalle1.stages.vqvae import DVAELossConfig, VQVAERunConfig, dvae_loss
+from vqvae.losses import (
+    batch_diversity_gap,
+    codebook_usage,
+    kl_to_uniform,
+    logit_laplace_nll,
+    map_pixels,
+    psnr,
+    unmap_pixels,
+)
+from vqvae.model import DiscreteVAE, DVAEConfig
+from vqvae.quantizer import gumbel_softmax, hard_codes, restart_dead_codes
+from vqvae.schedules import cosine_ramp
+
+TINY = load_config(VQVAERunConfig, "configs/vqvae_tiny.yaml").model
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return DiscreteVAE(TINY).eval()
+
+
+def test_encode_decode_shapes_and_dtypes(model):
+    images = torch.rand(3, 3, 16, 16)
+    codes = model.encode(images)
+    assert codes.shape == (3, 4, 4) and codes.dtype == torch.int64
+    assert 0 <= codes.min() and codes.max() < TINY.codebook_size
+    decoded = model.decode(codes)
+    assert decoded.shape == (3, 3, 16, 16) and decoded.dtype == torch.float32
+    assert 0 <= decoded.min() and decoded.max() <= 1
+    out = model(images, tau=1.0)
+    assert out.logits.shape == (3, 32, 4, 4) and out.mu.shape == out.log_b.shape == (3, 3, 16, 16)
+
+
+def test_decode_of_one_hot_equals_decoder_of_hard_codes(model):
+    codes = torch.randint(0, 32, (2, 4, 4))
+    one_hot = torch.nn.functional.one_hot(codes, 32).permute(0, 3, 1, 2).float()
+    mu = model.decoder(one_hot)[:, :3]
+    torch.testing.assert_close(model.decode(codes), unmap_pixels(torch.sigmoid(mu)))
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (torch.rand(3, 16, 16), r"\(B, 3, 16, 16\), got \(3, 16, 16\)"),
+        (torch.rand(2, 1, 16, 16), r"got \(2, 1, 16, 16\)"),
+        (torch.rand(2, 3, 32, 32), r"got \(2, 3, 32, 32\)"),
+        (torch.zeros(2, 3, 16, 16, dtype=torch.uint8), "float images"),
+    ],
+)
+def test_encode_names_the_bad_input(model, images, message):
+    with pytest.raises(ValueError, match=message):
+        model.encode(images)
+
+
+@pytest.mark.parametrize(
+    "codes, message",
+    [
+        (torch.zeros(2, 8, 8, dtype=torch.long), r"\(B, 4, 4\), got \(2, 8, 8\)"),
+        (torch.zeros(2, 4, 4), "integer codes"),
+        (torch.full((1, 4, 4), 32), r"\[0, 32\)"),
+    ],
+)
+def test_decode_names_the_bad_input(model, codes, message):
+    with pytest.raises(ValueError, match=message):
+        model.decode(codes)
+
+
+def test_pixel_map_round_trip():
+    x = torch.rand(2, 3, 8, 8)
+    mapped = map_pixels(x)
+    assert mapped.min() >= 0.1 - 1e-6 and mapped.max() <= 0.9 + 1e-6
+    torch.testing.assert_close(unmap_pixels(mapped), x)
+
+
+def test_logit_laplace_nll_by_hand():
+    x, mu, log_b = 0.3, 0.2, 0.1
+    logit = math.log(x / (1 - x))
+    expected = (
+        math.log(2) + log_b + math.log(x) + math.log(1 - x) + abs(logit - mu) / math.exp(log_b)
+    )
+    value = logit_laplace_nll(
+        torch.full((1, 3, 2, 2), x), torch.full((1, 3, 2, 2), mu), torch.full((1, 3, 2, 2), log_b)
+    )
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_kl_to_uniform_by_hand():
+    assert kl_to_uniform(torch.zeros(2, 8, 3, 3)).item() == pytest.approx(0.0, abs=1e-6)
+    logits = torch.tensor([0.0, math.log(3.0)]).view(1, 2, 1, 1)  # q = (1/4, 3/4)
+    expected = 0.25 * math.log(0.25) + 0.75 * math.log(0.75) + math.log(2)
+    assert kl_to_uniform(logits).item() == pytest.approx(expected, rel=1e-5)
+    peaked = torch.zeros(1, 16, 1, 1)
+    peaked[0, 3] = 100.0
+    assert kl_to_uniform(peaked).item() == pytest.approx(math.log(16), rel=1e-4)
+
+
+def test_schedules_at_their_end_points():
+    assert cosine_ramp(0, 100, 0.0, 6.6) == 0.0
+    assert cosine_ramp(50, 100, 0.0, 6.6) == pytest.approx(3.3)
+    assert cosine_ramp(100, 100, 0.0, 6.6) == 6.6 and cosine_ramp(10**6, 100, 0.0, 6.6) == 6.6
+    assert cosine_ramp(0, 150, 1.0, 1 / 16) == 1.0 and cosine_ramp(150, 150, 1.0, 1 / 16) == 1 / 16
+    assert cosine_ramp(75, 150, 1.0, 1 / 16) < 1.0
+
+
+def test_gumbel_softmax_relaxes_and_hardens():
+    logits = torch.randn(4, 10, 3, 3)
+    soft = gumbel_softmax(logits, tau=1.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(soft.sum(1), torch.ones(4, 3, 3))
+    assert soft.min() >= 0
+    cold = gumbel_softmax(logits * 1000, tau=1 / 16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(cold.argmax(1), hard_codes(logits)) and cold.max(1).values.min() > 0.99
+    same = gumbel_softmax(logits, tau=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(soft, same)
+
+
+def test_codebook_usage_and_psnr():
+    perplexity, used = codebook_usage(torch.arange(8).view(2, 2, 2), 16)
+    assert perplexity == pytest.approx(8.0) and used == 0.5
+    perplexity, used = codebook_usage(torch.zeros(2, 2, 2, dtype=torch.long), 16)
+    assert perplexity == pytest.approx(1.0) and used == 1 / 16
+    images = torch.full((1, 3, 4, 4), 0.5)
+    assert psnr(images + 0.1, images) == pytest.approx(20.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("reconstruction", ["logit_laplace", "mse"])
+def test_loss_falls_when_overfitting_one_batch(reconstruction):
+    torch.manual_seed(0)
+    model = DiscreteVAE(TINY)
+    # One flat colour per code cell: what a 4x4 grid of codes can describe exactly.
+    images = torch.rand(4, 3, 4, 4).round().repeat_interleave(4, 2).repeat_interleave(4, 3)
+    model.init_output_bias(images)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    config = DVAELossConfig(reconstruction=reconstruction, kl_weight=1.0)
+    losses = []
+    for _ in range(60):
+        loss, _ = dvae_loss(model, images, 1.0, 0.1, config)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    if reconstruction == "mse":
+        assert losses[-1] < losses[0] * 0.7
+    else:
+        assert losses[-1] < losses[0] - 0.3  # nats per sub-pixel
+
+
+def test_save_and_load_round_trip(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    loaded = DiscreteVAE.from_pretrained(tmp_path).eval()
+    assert loaded.config == model.config
+    images = torch.rand(2, 3, 16, 16)
+    assert torch.equal(loaded.encode(images), model.encode(images))
+
+
+def test_bad_checkpoints_give_clear_errors(model, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a dVAE checkpoint"):
+        DiscreteVAE.from_pretrained(tmp_path)
+    model.save_pretrained(tmp_path / "corrupt")
+    weights = tmp_path / "corrupt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="corrupt"):
+        DiscreteVAE.from_pretrained(tmp_path / "corrupt")
+    model.save_pretrained(tmp_path / "other")
+    other = DiscreteVAE(
+        DVAEConfig(
+            image_size=16,
+            base_width=8,
+            num_groups=3,
+            blocks_per_group=1,
+            codebook_size=64,
+            embed_dim=16,
+        )
+    )
+    other.save_pretrained(tmp_path / "other_weights")
+    (tmp_path / "other" / "model.safetensors").write_bytes(
+        (tmp_path / "other_weights" / "model.safetensors").read_bytes()
+    )
+    with pytest.raises(ValueError, match="do not fit this model's config"):
+        DiscreteVAE.from_pretrained(tmp_path / "other")
+
+
+def test_paper_config_is_the_released_shape():
+    config = load_config(VQVAERunConfig, "configs/vqvae_paper.yaml").model
+    assert (config.grid_size, config.codebook_size, config.widths) == (
+        32,
+        8192,
+        [256, 512, 1024, 2048],
+    )
+    with torch.device("meta"):
+        model = DiscreteVAE(config)
+    count = sum(p.numel() for p in model.parameters())
+    assert 95e6 < count < 100e6  # the released encoder + decoder hold about 98M parameters
+
+
+def test_config_refuses_a_grid_that_does_not_divide():
+    with pytest.raises(ValueError, match="not divisible by the downsampling factor 8"):
+        DVAEConfig(image_size=60, num_groups=4)
+
+
+def test_straight_through_is_one_hot_forward_with_soft_gradients():
+    logits = torch.randn(2, 6, 2, 2, requires_grad=True)
+    z = gumbel_softmax(logits, 1.0, torch.Generator().manual_seed(1), straight_through=True)
+    assert set(z.detach().unique().tolist()) == {0.0, 1.0}
+    (z * torch.arange(6.0).view(1, 6, 1, 1)).sum().backward()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_batch_diversity_gap():
+    assert batch_diversity_gap(torch.zeros(2, 8, 2, 2)).item() == pytest.approx(0.0, abs=1e-6)
+    one_code = torch.zeros(2, 8, 2, 2)
+    one_code[:, 5] = 50.0
+    assert batch_diversity_gap(one_code).item() == pytest.approx(math.log(8), rel=1e-4)
+
+
+def test_restart_gives_dead_codes_a_used_codes_weights():
+    torch.manual_seed(0)
+    encoder_out, codebook = torch.nn.Conv2d(4, 6, 1), torch.nn.Conv2d(6, 3, 1)
+    usage = torch.tensor([5.0, 0.0, 0.0, 3.0, 0.0, 1.0])
+    before = encoder_out.weight.clone()
+    assert restart_dead_codes(encoder_out, codebook, usage, noise=0.0) == 3
+    for dead in (1, 2, 4):
+        donor = next(d for d in (0, 3, 5) if torch.equal(encoder_out.weight[dead], before[d]))
+        assert torch.equal(codebook.weight[:, dead], codebook.weight[:, donor])
+        assert encoder_out.bias[dead] == encoder_out.bias[donor]
+    assert restart_dead_codes(encoder_out, codebook, torch.ones(6)) == 0
+
+
+def test_output_bias_starts_at_the_mean_colour(model):
+    images = torch.ones(2, 3, 16, 16) * torch.tensor([0.9, 0.5, 0.1]).view(1, 3, 1, 1)
+    model.init_output_bias(images)
+    torch.nn.init.zeros_(model.decoder.layers[-1].weight)
+    decoded = model.decode(torch.zeros(1, 4, 4, dtype=torch.long))
+    torch.testing.assert_close(decoded[0, :, 0, 0], torch.tensor([0.9, 0.5, 0.1]))

@@ -1,0 +1,87 @@
+"""The dVAE's likelihood and prior terms (Ramesh et al. 2021, section 2.1 and appendix A.3).
+
+Pixels live in [eps, 1 - eps] (eps = 0.1) while the model sees them, because the logit-Laplace
+density explodes at 0 and 1. The decoder predicts, per RGB channel, a location mu and a log-scale
+ln b of a logit-Laplace distribution:
+
+    p(x | mu, b) = 1 / (2 b x (1 - x)) * exp(-|logit(x) - mu| / b)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOGIT_LAPLACE_EPS = 0.1
+
+
+def map_pixels(x: torch.Tensor, eps: float = LOGIT_LAPLACE_EPS) -> torch.Tensor:
+    """[0, 1] -> [eps, 1 - eps]."""
+    return x * (1 - 2 * eps) + eps
+
+
+def unmap_pixels(x: torch.Tensor, eps: float = LOGIT_LAPLACE_EPS) -> torch.Tensor:
+    """[eps, 1 - eps] -> [0, 1], clamped."""
+    return ((x - eps) / (1 - 2 * eps)).clamp(0.0, 1.0)
+
+
+def logit_laplace_nll(
+    x: torch.Tensor, mu: torch.Tensor, log_b: torch.Tensor, eps: float = LOGIT_LAPLACE_EPS
+) -> torch.Tensor:
+    """Mean negative log-likelihood per sub-pixel, in nats.
+
+    x: (B, 3, H, W) mapped pixels in [eps, 1 - eps]; mu, log_b: (B, 3, H, W) float.
+    """
+    x = x.float().clamp(eps, 1 - eps)
+    mu, log_b = mu.float(), log_b.float()
+    logit = torch.log(x) - torch.log1p(-x)
+    nll = (
+        math.log(2.0)
+        + log_b
+        + torch.log(x)
+        + torch.log1p(-x)
+        + (logit - mu).abs() * torch.exp(-log_b)
+    )
+    return nll.mean()
+
+
+def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
+    """Mean KL(q || uniform over K) per latent cell, in nats.
+
+    logits: (B, K, h, w) encoder logits; q = softmax over K.
+    """
+    log_q = F.log_softmax(logits.float(), dim=1)
+    codebook_size = logits.shape[1]
+    return (log_q.exp() * log_q).sum(1).mean() + math.log(codebook_size)
+
+
+def batch_diversity_gap(logits: torch.Tensor) -> torch.Tensor:
+    """log K - entropy of the code distribution averaged over the batch and the grid, in nats.
+
+    0 when the codes are used equally often on average, log K when one code takes everything.
+    Penalising it keeps codes alive from the start (the diversity loss of wav2vec 2.0); the
+    per-cell KL cannot revive a dead code, as its gradient vanishes with the code's probability.
+    logits: (B, K, h, w).
+    """
+    mean_q = F.softmax(logits.float(), dim=1).mean(dim=(0, 2, 3))  # (K,)
+    entropy = -(mean_q * torch.log(mean_q.clamp_min(1e-12))).sum()
+    return math.log(logits.shape[1]) - entropy
+
+
+def codebook_usage(codes: torch.Tensor, codebook_size: int) -> tuple[float, float]:
+    """(perplexity, fraction of codes used) of a batch of hard codes (B, h, w) int64.
+
+    Perplexity is exp(entropy) of the code histogram: K when all codes are used equally often.
+    """
+    counts = torch.bincount(codes.flatten(), minlength=codebook_size).float()
+    p = counts / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return float(entropy.exp()), float((counts > 0).float().mean())
+
+
+def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of images in [0, 1]: (B, 3, H, W) each."""
+    mse = F.mse_loss(images.float(), reference.float()).clamp_min(1e-10)
+    return float(-10 * torch.log10(mse))
