@@ -242,7 +242,9 @@ class Trainer:
                 folder / "stage_state.pt", map_location=self.device, weights_only=True
             )
             state = json.loads((folder / "state.json").read_text())
-        except (OSError, RuntimeError, KeyError, json.JSONDecodeError) as err:
+        except ValueError:
+            raise
+        except Exception as err:  # a corrupt file raises many kinds of errors
             raise ValueError(f"cannot resume from {str(folder)!r}: {err}") from err
         self._set_rng_state(rng)
         for key, value in stage_state.items():  # in place: the stage holds these tensors
@@ -285,6 +287,9 @@ class Trainer:
                 drop_last=True,
                 num_workers=self.config.num_workers,
                 pin_memory=self.device.type == "cuda",
+                # Its own generator: a loader seeds its workers from the global RNG otherwise,
+                # which would shift the training noise whenever a resume starts a new loader.
+                generator=torch.Generator().manual_seed(self.config.seed * 100_003 + self.epoch),
             )
             for i, batch in enumerate(loader):
                 if i >= skip:  # an iterable data set cannot seek: read past what was used

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,20 +40,22 @@ def tiny_config(run_dir, source, *overrides) -> VQVAERunConfig:
 
 def test_resume_gives_the_same_weights_as_one_run(tmp_path, shapes_folder):
     k = 4
-    common = ["train.checkpoint_every=100", "loss.restart_dead_codes_every=3"]
-    one_run = train_vqvae(
-        tiny_config(tmp_path / "one", shapes_folder, f"train.max_steps={2 * k}", *common)
-    )
-    first = tiny_config(tmp_path / "two", shapes_folder, f"train.max_steps={k}", *common)
-    train_vqvae(first)
-    second = tiny_config(tmp_path / "two", shapes_folder, f"train.max_steps={2 * k}", *common)
-    resumed = train_vqvae(second, resume=True)
-    assert resumed.step == one_run.step == 2 * k
-    for mine, theirs in [(resumed.model, one_run.model), (resumed.ema_model, one_run.ema_model)]:
-        for (name, a), b in zip(
-            mine.state_dict().items(), theirs.state_dict().values(), strict=True
-        ):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    overrides = [
+        f"train.max_steps={2 * k}",
+        f"train.checkpoint_every={k}",
+        "train.keep_checkpoints=5",
+    ]
+    overrides.append("loss.restart_dead_codes_every=3")
+    one_run = train_vqvae(tiny_config(tmp_path, shapes_folder, *overrides))
+    weights = {k: v.clone() for k, v in one_run.model.state_dict().items()}
+    ema_weights = {k: v.clone() for k, v in one_run.ema_model.state_dict().items()}
+    # Stop after k steps: keep only that checkpoint, then resume the same run.
+    shutil.rmtree(tmp_path / "checkpoints" / f"step_{2 * k:07d}")
+    resumed = train_vqvae(tiny_config(tmp_path, shapes_folder, *overrides), resume=True)
+    assert resumed.step == 2 * k
+    for mine, theirs in [(resumed.model, weights), (resumed.ema_model, ema_weights)]:
+        for name, value in mine.state_dict().items():
+            torch.testing.assert_close(value, theirs[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_checkpoints_hold_what_resume_needs_and_keep_the_last_n(tmp_path, shapes_folder):
