@@ -88,7 +88,7 @@ def dvae_loss(
     diversity_gap = batch_diversity_gap(out.logits)
     total = nll + beta * kl * latents_per_subpixel + loss.diversity_weight * diversity_gap
     perplexity, _ = codebook_usage(out.codes, model.config.codebook_size)
-    metrics = {"recon_nll": nll.item(), "kl": kl.item(), "diversity_gap": diversity_gap.item()}
+    metrics = {"recon": nll.item(), "kl": kl.item(), "diversity_gap": diversity_gap.item()}
     metrics |= {"beta": beta, "tau": tau, "perplexity": perplexity}
     return total, metrics | {"codes": out.codes}
 
@@ -111,12 +111,13 @@ def train_vqvae(config: VQVAERunConfig, resume: bool = False) -> Trainer:
         logger.info("training data: %d images from %s", len(dataset), config.data.source)
     eval_images = held_out_batch(config)
     model = DiscreteVAE(config.model)
-    model.init_output_bias(eval_images)
+    first_batch = next(iter(DataLoader(dataset, batch_size=config.data.eval_images)))[0]
+    model.init_output_bias(first_batch)
     model = model.to(memory_format=torch.channels_last)
     trainer = Trainer(config.train, config.optim, model, dataset, config)
-    schedule = config.loss
+    loss_config = config.loss
 
-    restart_every = schedule.restart_dead_codes_every
+    restart_every = loss_config.restart_dead_codes_every
     usage = torch.zeros(config.model.codebook_size, device=trainer.device)
     trainer.stage_state["code_usage"] = usage  # resumed with the run
     if resume and not trainer.resume():
@@ -128,15 +129,15 @@ def train_vqvae(config: VQVAERunConfig, resume: bool = False) -> Trainer:
             .to(trainer.device, non_blocking=True)
             .contiguous(memory_format=torch.channels_last)
         )
-        beta = cosine_ramp(step, schedule.kl_warmup_steps, 0.0, schedule.kl_weight)
-        tau = cosine_ramp(step, schedule.tau_steps, schedule.tau_start, schedule.tau_end)
+        beta = cosine_ramp(step, loss_config.kl_warmup_steps, 0.0, loss_config.kl_weight)
+        tau = cosine_ramp(step, loss_config.tau_steps, loss_config.tau_start, loss_config.tau_end)
         if restart_every and step and step % restart_every == 0:
             restarted = restart_dead_codes(
                 model.encoder.layers[-1], model.decoder.codebook, usage, trainer.optimizer
             )
             logger.info("step %d: restarted %d unused codes", step, restarted)
             usage.zero_()
-        loss, metrics = dvae_loss(model, images, beta, tau, schedule)
+        loss, metrics = dvae_loss(model, images, beta, tau, loss_config)
         if restart_every:
             usage.add_(torch.bincount(metrics.pop("codes").flatten(), minlength=usage.numel()))
         else:
