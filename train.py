@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     vqvae = stages.add_parser(
         "vqvae",
         help="train the discrete VAE",
-        description="Train the dVAE. Keys: model.*, data.*, schedule.*, optim.*, train.* "
+        description="Train the dVAE. Keys: model.*, data.*, loss.*, optim.*, train.* "
         "(see configs/vqvae_*.yaml).",
     )
     add_config_arguments(vqvae)

@@ -23,9 +23,7 @@ from dalle1.data.transforms import (
     SkipLog,
     decode_caption,
     decode_image,
-    pick_caption,
-    resize_and_crop,
-    to_tensor,
+    make_sample,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,13 +69,8 @@ class ImageFolderDataset(Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist")
-        self.image_size, self.train, self.seed, self.max_pixels = (
-            image_size,
-            train,
-            seed,
-            max_pixels,
-        )
-        self.all_captions = all_captions
+        self.image_size, self.train, self.seed = image_size, train, seed
+        self.max_pixels, self.all_captions = max_pixels, all_captions
         self.epoch = 0
         self.skips = SkipLog(str(self.root))
         self.items: list[tuple[Path, list[str]]] = []
@@ -125,6 +118,5 @@ class ImageFolderDataset(Dataset):
                 self.skips.add(str(path.relative_to(self.root)), str(err))
                 continue
             rng = random.Random(f"{self.seed}/{self.epoch}/{index}") if self.train else None
-            caption = pick_caption(captions, rng, self.all_captions)
-            return to_tensor(resize_and_crop(image, self.image_size, rng)), caption
+            return make_sample(image, captions, self.image_size, rng, self.all_captions)
         raise RuntimeError(f"no image in {str(self.root)!r} could be decoded")

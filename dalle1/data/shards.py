@@ -24,9 +24,7 @@ from dalle1.data.transforms import (
     SkipLog,
     decode_caption,
     decode_image,
-    pick_caption,
-    resize_and_crop,
-    to_tensor,
+    make_sample,
 )
 
 logger = logging.getLogger(__name__)
@@ -79,13 +77,8 @@ class TarShardDataset(IterableDataset):
         all_captions: bool = False,
     ) -> None:
         self.urls = expand_shards(shards)
-        self.image_size, self.train, self.seed, self.max_pixels = (
-            image_size,
-            train,
-            seed,
-            max_pixels,
-        )
-        self.all_captions = all_captions
+        self.image_size, self.train, self.seed = image_size, train, seed
+        self.max_pixels, self.all_captions = max_pixels, all_captions
         self.epoch = 0
         self.skips = SkipLog("shards")
         if next(self._samples(self.urls), None) is None:
@@ -124,8 +117,7 @@ class TarShardDataset(IterableDataset):
                 self.skips.add(name, str(err))
                 continue
             rng = random.Random(f"{self.seed}/{self.epoch}/{name}") if self.train else None
-            caption = pick_caption(captions, rng, self.all_captions)
-            yield to_tensor(resize_and_crop(image, self.image_size, rng)), caption
+            yield make_sample(image, captions, self.image_size, rng, self.all_captions)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:
         yield from self._samples(self._my_shards())

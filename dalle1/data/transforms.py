@@ -109,6 +109,21 @@ def resize_and_crop(image: Image.Image, size: int, rng: random.Random | None) ->
     return image.crop((left, top, left + size, top + size))
 
 
+def make_sample(
+    image: Image.Image,
+    captions: list[str],
+    size: int,
+    rng: random.Random | None,
+    all_captions: bool = False,
+) -> tuple[torch.Tensor, str]:
+    """A decoded image and its captions -> ((3, size, size) float in [0, 1], caption).
+
+    rng: random crop and caption in training; None: centre crop and the first caption.
+    """
+    caption = pick_caption(captions, rng, all_captions)
+    return to_tensor(resize_and_crop(image, size, rng)), caption
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> (3, H, W) float32 in [0, 1]."""
     array = np.asarray(image, dtype=np.uint8)
