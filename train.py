@@ -1,10 +1,13 @@
 """The one training entry: `python train.py STAGE [--config FILE] [key=value ...]`.
 
 Stages:
-    shapes   write a split of the procedural shapes data (images, captions, specs)
-    vqvae    train the discrete VAE (the image tokenizer)
-    encode   encode a data set once with a trained dVAE (the token cache)
-    demo     the whole pipeline on the shapes data (so far: data and judge)
+    shapes     write a split of the procedural shapes data (images, captions, specs)
+    tokenizer  train the BPE text tokenizer on the captions of a data set
+    vqvae      train the discrete VAE (the image tokenizer)
+    encode     encode a data set once with a trained dVAE (the token cache)
+    clip       train the CLIP reranker
+    dalle      train the transformer (torchrun --nproc_per_node=N for many processes)
+    demo       the whole pipeline on the shapes data
 
 Every stage reads a typed config: defaults, then --config FILE (YAML), then stage flags, then
 dotted `key.sub=value` overrides. A bad key or value stops the run before any work.
@@ -13,17 +16,20 @@ dotted `key.sub=value` overrides. A bad key or value stops the run before any wo
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from dalle1.config import ConfigError, load_config, save_config
+from dalle1.data import iter_captions
 from dalle1.data.shapes import SPLITS, ShapesConfig, write_split
-from dalle1.judge import judge_folder
+from dalle1.demo import run_demo as run_pipeline_demo
+from dalle1.stages.clip import CLIPRunConfig, train_clip
+from dalle1.stages.dalle import DALLERunConfig, train_dalle
 from dalle1.stages.encode import encode_dataset
 from dalle1.stages.vqvae import VQVAERunConfig, train_vqvae
+from dalle1.tokenizer import TextTokenizer, train_tokenizer
 
 logger = logging.getLogger("train")
 
@@ -47,6 +53,25 @@ def run_vqvae(args: argparse.Namespace) -> None:
     print(f"dVAE checkpoints in {trainer.checkpoint_root}")
 
 
+def run_tokenizer(args: argparse.Namespace) -> None:
+    path = train_tokenizer(iter_captions(args.data), args.vocab, args.out)
+    size = TextTokenizer(path, 1).vocab_size
+    print(f"tokenizer {path}: {size} BPE ids (asked for {args.vocab})")
+
+
+def run_clip(args: argparse.Namespace) -> None:
+    config = load_config(CLIPRunConfig, args.config, args.overrides)
+    trainer = train_clip(config, resume=args.resume)
+    print(f"CLIP checkpoints in {trainer.checkpoint_root}")
+
+
+def run_dalle(args: argparse.Namespace) -> None:
+    config = load_config(DALLERunConfig, args.config, args.overrides)
+    trainer = train_dalle(config, resume=args.resume)
+    if trainer.rank == 0:
+        print(f"transformer checkpoints in {trainer.checkpoint_root}")
+
+
 def run_encode(args: argparse.Namespace) -> None:
     meta = encode_dataset(
         args.vqvae, args.data, args.out, args.batch_size, args.shard_size, args.device
@@ -58,22 +83,7 @@ def run_encode(args: argparse.Namespace) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    """The demo on the shapes data. Built so far: every data split, checked by the judge."""
-    out = Path(args.out)
-    sizes = {"train": 2000, "single": 200, "pair": 200, "novel": 200}
-    for split, n in sizes.items():
-        values = {"out": str(out / "data" / split), "n": n, "size": args.size, "split": split}
-        values["holdout"] = [s for s in args.holdout.split(",") if s]
-        config = load_config(ShapesConfig, None, (), values)
-        save_config(config, out / "data" / split / f"{split}_config.yaml")
-        write_split(config)
-        report = judge_folder(config.out)
-        print(f"{split:>6}: {n} scenes in {config.out}, judge accuracy {report['accuracy']:.3f}")
-    (out / "report.json").write_text(json.dumps({"data": str(out / "data")}, indent=1))
-    print(
-        "not built yet: the tokenizer, dVAE, CLIP and transformer stages of the demo. "
-        f"The shapes data is in {out / 'data'}."
-    )
+    run_pipeline_demo(args.out, args.size, args.holdout, evaluate=not args.no_eval)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +129,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(vqvae)
     vqvae.set_defaults(run=run_vqvae)
 
+    tokenizer = stages.add_parser(
+        "tokenizer",
+        help="train the BPE text tokenizer",
+        description="Train a sentencepiece BPE model on the lower-cased captions of SOURCE.",
+    )
+    tokenizer.add_argument("--data", required=True, help="image folder, tar shards or cache")
+    tokenizer.add_argument("--vocab", type=int, default=16384, help="BPE ids (paper: 16384)")
+    tokenizer.add_argument("--out", required=True, help="the .model file to write")
+    tokenizer.set_defaults(run=run_tokenizer)
+
+    for name, run, what in (
+        ("clip", run_clip, "the CLIP reranker (see configs/clip_*.yaml)"),
+        ("dalle", run_dalle, "the transformer (see configs/dalle_*.yaml)"),
+    ):
+        stage = stages.add_parser(
+            name,
+            help=f"train {what.split(' (')[0]}",
+            description=f"Train {what}. Keys: model.*, data.*, optim.*, train.*.",
+        )
+        add_config_arguments(stage)
+        stage.set_defaults(run=run)
+
     encode = stages.add_parser(
         "encode",
         help="encode a data set into a token cache",
@@ -133,12 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     encode.set_defaults(run=run_encode)
 
-    demo = stages.add_parser("demo", help="the whole pipeline on the shapes data")
+    demo = stages.add_parser(
+        "demo",
+        help="the whole pipeline on the shapes data",
+        description="Data, tokenizer, dVAE, token cache, CLIP and transformer on the shapes "
+        "data, then reranked sample grids, a completion and the benchmark, all in OUT. A second "
+        "run reuses the finished stages.",
+    )
     demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     demo.add_argument("--size", type=int, default=64, help="canvas side in pixels (default 64)")
     demo.add_argument(
         "--holdout", default="red:triangle,blue:circle", help="held-out COLOUR:SHAPE pairs"
     )
+    demo.add_argument("--no-eval", action="store_true", help="skip the benchmark at the end")
     demo.set_defaults(run=run_demo)
     return parser
 

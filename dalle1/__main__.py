@@ -1,7 +1,10 @@
-"""`python -m dalle1 COMMAND ...`: a thin command line over the library.
+"""`python -m dalle1 COMMAND ...`: sample, complete, evaluate and judge.
 
 Commands:
-    judge DIR    score every NAME.png in DIR against its NAME.json (the shapes benchmark)
+    sample CAPTION ...   draw n images per caption, rerank them with CLIP, save the best as a grid
+    complete CAPTION     keep the top rows of an image, sample the rest, rerank, save a grid
+    eval                 generate for a shapes suite and judge every candidate
+    judge DIR            score every NAME.png in DIR against its NAME.json (the shapes benchmark)
 """
 
 from __future__ import annotations
@@ -12,30 +15,226 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from dalle1.evaluate import SUITES
 from dalle1.judge import judge_folder
 
 
-def run_judge(args: argparse.Namespace) -> int:
-    try:
-        report = judge_folder(args.folder, progress=not args.quiet)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def run_judge(args: argparse.Namespace) -> None:
+    report = judge_folder(args.folder, progress=not args.quiet)
     text = json.dumps(report, indent=1)
     if args.json:
         Path(args.json).write_text(text)
     print(text)
     print(f"accuracy {report['accuracy']:.4f} over {report['n']} images", file=sys.stderr)
-    return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def sampling_config(args: argparse.Namespace):
+    from dalle1.sampling import SamplingConfig
+
+    return SamplingConfig(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        guidance_scale=args.guidance,
+        batch_size=args.batch_size,
+    )
+
+
+def write_results(images, scores, out: Path, each: bool, stem: str, first=None) -> None:
+    """The grid (the original first, for completion) and optionally each image with its score."""
+    import torch
+
+    from dalle1.images import make_grid, save_image
+
+    shown = images if first is None else torch.cat([first[None].cpu(), images.cpu()])
+    save_image(make_grid(shown, columns=min(8, len(shown))), out)
+    if each:
+        folder = out.with_suffix("")
+        for rank, (image, score) in enumerate(zip(images, scores.tolist(), strict=True)):
+            save_image(image, folder / f"{stem}_{rank:03d}_score{score:.4f}.png")
+
+
+def read_captions(args: argparse.Namespace) -> list[str]:
+    captions = list(args.captions)
+    if args.captions_file:
+        lines = Path(args.captions_file).read_text(encoding="utf-8").splitlines()
+        captions += [line.strip() for line in lines if line.strip()]
+    if not captions:
+        raise ValueError("no caption given (as arguments or with --captions-file)")
+    return captions
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from dalle1.pipeline import Pipeline
+
+    pipe = Pipeline.load(args.run, args.clip, args.device)
+    captions = read_captions(args)
+    out = Path(args.out)
+    config = sampling_config(args)
+    with tqdm(total=args.n * len(captions), unit="image", desc="sampling") as bar:
+        for i, caption in enumerate(captions):
+            images, scores = pipe.sample(
+                caption, args.n, args.keep, config, args.seed + i, bar.update
+            )
+            path = out if len(captions) == 1 else out.with_name(f"{out.stem}_{i:03d}{out.suffix}")
+            write_results(images, scores, path, args.save_each, f"{i:03d}")
+            print(f"{path}: {len(images)} of {args.n} for {caption!r}")
+
+
+def run_complete(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from dalle1.data.transforms import BadSample, decode_image, resize_and_crop, to_tensor
+    from dalle1.pipeline import Pipeline
+
+    pipe = Pipeline.load(args.run, args.clip, args.device)
+    path = Path(args.image)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {str(path)!r} not found")
+    try:
+        picture = decode_image(path.read_bytes())
+    except BadSample as err:
+        raise ValueError(f"cannot read the image {str(path)!r}: {err}") from err
+    size = pipe.dvae.config.image_size
+    image = to_tensor(resize_and_crop(picture, size, None))
+    with tqdm(total=args.n, unit="image", desc="completing") as bar:
+        images, scores = pipe.complete(
+            image,
+            args.rows,
+            args.caption,
+            args.n,
+            args.keep,
+            sampling_config(args),
+            args.seed,
+            bar.update,
+        )
+    write_results(images, scores, Path(args.out), args.save_each, "completion", first=image)
+    print(f"{args.out}: the original, then {len(images)} of {args.n} completions")
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from dalle1.evaluate import evaluate_suite
+    from dalle1.pipeline import Pipeline
+
+    pipe = Pipeline.load(args.run, args.clip, args.device)
+    # The demo's layout: RUN = DEMO/dalle, suites in DEMO/data/SPLIT; completion uses `pair`.
+    split = "pair" if args.suite == "completion" else args.suite
+    folder = args.data or str(Path(args.run).parent / "data" / split)
+    report = evaluate_suite(
+        pipe,
+        args.suite,
+        folder,
+        args.n,
+        args.candidates,
+        args.keep,
+        sampling_config(args),
+        args.seed,
+        args.save,
+    )
+    text = json.dumps(report, indent=1)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+    print(text)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="transformer run folder (or checkpoint)")
+    parser.add_argument("--clip", help="CLIP run for reranking (default: data.clip of the run)")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
+    parser.add_argument("-n", type=int, default=64, help="candidates per caption (default 64)")
+    parser.add_argument("--keep", type=int, default=16, help="best candidates kept (default 16)")
+    parser.add_argument("--out", default=default_out, help=f"grid PNG (default {default_out})")
+    parser.add_argument(
+        "--save-each",
+        action="store_true",
+        help="also write each kept image as OUT_STEM/NAME_RANK_scoreS.png",
+    )
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--temperature", type=float, default=1.0, help="0: greedy (default 1)")
+    parser.add_argument("--top-k", type=int, default=0, help="keep k likeliest codes; 0 = all")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass; 1 = all")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance scale; 1 = off (needs caption_drop > 0)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="candidates per model call: bounds memory (default 32)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same images")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m dalle1",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sample = commands.add_parser(
+        "sample",
+        help="text -> reranked image grid",
+        description="Draw N candidates per caption, decode them with the dVAE, rerank with CLIP "
+        "and write the best KEEP as a grid, best first.",
+    )
+    sample.add_argument("captions", nargs="*", help="one or more captions")
+    sample.add_argument("--captions-file", help="a file with one caption per line")
+    add_model_arguments(sample)
+    add_output_arguments(sample, "samples.png")
+    add_sampling_arguments(sample)
+    sample.set_defaults(handler=run_sample)
+
+    complete = commands.add_parser(
+        "complete",
+        help="complete the bottom of an image",
+        description="Encode IMAGE, keep the top ROWS rows of its codes, sample the rest given "
+        "CAPTION, rerank with CLIP and write the original beside the best KEEP.",
+    )
+    complete.add_argument("caption", help="the caption")
+    complete.add_argument("--image", required=True, help="the image to complete")
+    complete.add_argument(
+        "--rows", type=int, required=True, help="code rows kept from the top (1 .. grid - 1)"
+    )
+    add_model_arguments(complete)
+    add_output_arguments(complete, "completion.png")
+    add_sampling_arguments(complete)
+    complete.set_defaults(handler=run_complete)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="the shapes benchmark: generate for a suite and judge every candidate",
+        description="For N scenes of a shapes suite, draw C candidates per caption and judge "
+        "each: accuracy of the first candidate, of CLIP's top-1 and the mean over CLIP's best "
+        "KEEP, overall and per attribute. completion: the top half of each scene's codes is "
+        "given, the whole picture judged.",
+    )
+    add_model_arguments(evaluate)
+    evaluate.add_argument("--suite", required=True, choices=SUITES, help="which suite")
+    evaluate.add_argument(
+        "--data",
+        help="the suite's folder (default: RUN/../data/SUITE, the pair folder for completion)",
+    )
+    evaluate.add_argument("--n", type=int, default=50, help="scenes (default 50)")
+    evaluate.add_argument("--candidates", type=int, default=16, help="per scene (default 16)")
+    evaluate.add_argument("--keep", type=int, default=4, help="CLIP's best kept (default 4)")
+    evaluate.add_argument("--json", help="also write the report to this file")
+    evaluate.add_argument("--save", help="write CLIP's best image per scene into this folder")
+    add_sampling_arguments(evaluate)
+    evaluate.set_defaults(handler=run_eval)
+
     judge = commands.add_parser(
         "judge",
         help="score shapes pictures against their specs",
@@ -45,9 +244,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     judge.add_argument("folder", help="folder of NAME.png + NAME.json pairs")
     judge.add_argument("--json", help="also write the report to this file")
     judge.add_argument("--quiet", action="store_true", help="no progress bar")
-    judge.set_defaults(run=run_judge)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    judge.set_defaults(handler=run_judge)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

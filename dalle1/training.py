@@ -132,23 +132,50 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
 
 
 class ResumableSampler(Sampler[int]):
-    """A fresh permutation per epoch, seeded by (seed, epoch), that can start mid-epoch."""
+    """A fresh permutation per epoch, seeded by (seed, epoch), that can start mid-epoch.
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
-        self.size, self.seed, self.shuffle = size, seed, shuffle
+    With world > 1 processes, each global batch of `global_batch` indices is cut into world
+    equal parts and this rank yields its part, so that the ranks together see exactly the batches
+    of a single-process run.
+    """
+
+    def __init__(
+        self, size: int, seed: int, global_batch: int = 1, rank: int = 0, world: int = 1
+    ) -> None:
+        self.size, self.seed = size, seed
+        self.global_batch, self.rank, self.world = global_batch, rank, world
         self.epoch, self.start = 0, 0
 
     def set_position(self, epoch: int, start: int) -> None:
+        """start: the position in the epoch's permutation, counted in global samples."""
         self.epoch, self.start = epoch, start
 
-    def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.start, self.size))
+    def _indices(self) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator)[self.start :].tolist())
+        order = torch.randperm(self.size, generator=generator)[self.start :]
+        if self.world == 1:
+            return order
+        whole = len(order) // self.global_batch * self.global_batch
+        return (
+            order[:whole]
+            .view(-1, self.world, self.global_batch // self.world)[:, self.rank]
+            .flatten()
+        )
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices().tolist())
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return len(self._indices())
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside torchrun."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 class Trainer:
@@ -164,22 +191,39 @@ class Trainer:
     ) -> None:
         self.config, self.optim_config, self.run_config = config, optim, run_config
         self.run_dir = Path(config.run_dir)
+        self.rank, self.world = distributed_context()
+        if config.batch_size % self.world:
+            raise ValueError(
+                f"batch_size {config.batch_size} is not divisible by the {self.world} processes"
+            )
+        self.local_batch = config.batch_size // self.world
         self.device = pick_device(config.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.dtype = autocast_dtype(config.precision, self.device)
         self.model = model.to(self.device)
+        self.train_model = self.model  # what step_fn gets: the DDP wrapper on many processes
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
         self.ema_model = None
         if config.ema_decay > 0:
             self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = build_optimizer(self.model, optim)
         self.dataset = dataset
         self.sampler = None
+        self.tokens_per_sample = 0  # set by a stage to log tokens per second
         if not isinstance(dataset, IterableDataset):
             if len(dataset) < config.batch_size:
                 raise ValueError(
                     f"the data set has {len(dataset)} samples, fewer than one batch of "
                     f"{config.batch_size}"
                 )
-            self.sampler = ResumableSampler(len(dataset), config.seed)
+            self.sampler = ResumableSampler(
+                len(dataset), config.seed, config.batch_size, self.rank, self.world
+            )
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         # Tensors a stage keeps across steps (e.g. code usage counts); saved and resumed.
         self.stage_state: dict[str, torch.Tensor] = {}
@@ -201,7 +245,10 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0 only; the others return None)."""
+        if self.rank != 0:
+            return None
         with atomic_checkpoint(
             self.checkpoint_root, self.step, self.config.keep_checkpoints
         ) as folder:
@@ -282,7 +329,7 @@ class Trainer:
                 skip = 0
             loader = DataLoader(
                 self.dataset,
-                batch_size=self.config.batch_size,
+                batch_size=self.local_batch,
                 sampler=self.sampler,
                 drop_last=True,
                 num_workers=self.config.num_workers,
@@ -309,14 +356,16 @@ class Trainer:
         from tqdm import tqdm
 
         config = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.run_config, self.run_dir / "config.yaml")
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.run_config, self.run_dir / "config.yaml")
         progress = tqdm(
             total=config.max_steps,
             initial=self.step,
             desc=self.run_dir.name,
             unit="step",
-            disable=None,  # off when not a terminal: the metric log lines say the same
+            # off when not a terminal (the metric log lines say the same) and off rank 0
+            disable=None if self.rank == 0 else True,
         )
         sums: dict[str, float] = {}
         window_start, window_steps, last_saved = time.perf_counter(), 0, -1
@@ -330,7 +379,7 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 with self.autocast():
-                    loss, step_metrics = step_fn(self.model, batch, self.step)
+                    loss, step_metrics = step_fn(self.train_model, batch, self.step)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
                         f"loss is {loss.item()} at step {self.step}; stopped without saving. "
@@ -358,10 +407,13 @@ class Trainer:
                     elapsed = time.perf_counter() - window_start
                     metrics = {k: v / window_steps for k, v in sums.items()}
                     metrics["images_per_s"] = window_steps * config.batch_size / elapsed
+                    if self.tokens_per_sample:
+                        metrics["tokens_per_s"] = metrics["images_per_s"] * self.tokens_per_sample
                     self._log("train", metrics)
                     sums, window_start, window_steps = {}, time.perf_counter(), 0
                 if (
                     eval_fn
+                    and self.rank == 0
                     and config.eval_every
                     and (self.step % config.eval_every == 0 or self.step == config.max_steps)
                 ):
@@ -417,6 +469,8 @@ class Trainer:
         return self._writer
 
     def _log(self, prefix: str, metrics: dict[str, float]) -> None:
+        if self.rank != 0:
+            return
         text = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         logger.info("step %d %s: %s", self.step, prefix, text)
         if self.writer is not None:

@@ -15,7 +15,7 @@ from vqvae.losses import (
     unmap_pixels,
 )
 from vqvae.model import DiscreteVAE, DVAEConfig
-from vqvae.quantizer import gumbel_softmax, hard_codes, restart_dead_codes
+from vqvae.quantizer import gumbel_softmax, hard_codes, restart_dead_codes, restart_dead_vectors
 from vqvae.schedules import cosine_ramp
 
 TINY = load_config(VQVAERunConfig, "configs/vqvae_tiny.yaml").model
@@ -240,3 +240,36 @@ def test_output_bias_starts_at_the_mean_colour(model):
     torch.nn.init.zeros_(model.decoder.layers[-1].weight)
     decoded = model.decode(torch.zeros(1, 4, 4, dtype=torch.long))
     torch.testing.assert_close(decoded[0, :, 0, 0], torch.tensor([0.9, 0.5, 0.1]))
+
+
+def test_vq_quantizer_takes_the_nearest_unit_codebook_vector():
+    torch.manual_seed(0)
+    model = DiscreteVAE(DVAEConfig(**{**TINY.__dict__, "quantizer": "vq"})).eval()
+    images = torch.rand(2, 3, 16, 16)
+    out = model(images, tau=1.0)
+    vectors = torch.nn.functional.normalize(model.encoder(map_pixels(images)), dim=1)
+    table = model.decoder.codebook_vectors()  # (K, E), unit rows
+    torch.testing.assert_close(table.norm(dim=1), torch.ones(TINY.codebook_size))
+    nearest = torch.cdist(vectors.permute(0, 2, 3, 1).reshape(-1, TINY.embed_dim), table)
+    assert torch.equal(out.codes.flatten(), nearest.argmin(1))
+    assert torch.equal(model.encode(images), out.codes)
+    # Training decodes the straight-through vectors: the same pictures as decode(codes).
+    torch.testing.assert_close(
+        model.decode(out.codes), unmap_pixels(torch.sigmoid(out.mu)), rtol=1e-4, atol=1e-5
+    )
+    assert out.vq_loss is not None and out.vq_loss > 0
+    out.vq_loss.backward()
+    assert model.decoder.codebook.weight.grad is not None
+
+
+def test_dead_vq_codes_move_onto_encoder_vectors():
+    codebook = torch.nn.Conv2d(5, 3, 1)
+    vectors = torch.randn(2, 3, 2, 2)
+    usage = torch.tensor([4.0, 0.0, 1.0, 0.0, 2.0])
+    live = codebook.weight[:, [0, 2, 4]].clone()
+    assert restart_dead_vectors(codebook, usage, vectors) == 2
+    pool = vectors.permute(0, 2, 3, 1).reshape(-1, 3)
+    for dead in (1, 3):
+        column = codebook.weight[:, dead, 0, 0]
+        assert any(torch.equal(column, row) for row in pool)
+    assert torch.equal(codebook.weight[:, [0, 2, 4]], live)

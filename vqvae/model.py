@@ -39,6 +39,10 @@ class DVAEConfig:
     codebook_size: int = 8192  # K, codes per cell
     embed_dim: int = 128  # width of a codebook vector (the decoder's 1x1 conv from K channels)
     straight_through: bool = False  # decoder sees hard one-hot samples in training (soft gradients)
+    # gumbel: the paper's relaxation, the encoder gives K logits per cell. vq: the encoder gives an
+    # embed_dim vector per cell and takes the nearest codebook vector by cosine similarity
+    # (straight-through gradients, as in VQ-VAE with l2-normalised codes); trains faster on CPU.
+    quantizer: str = "gumbel"
 
     def __post_init__(self) -> None:
         for name in ("image_size", "base_width", "num_groups", "blocks_per_group", "embed_dim"):
@@ -46,6 +50,8 @@ class DVAEConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.codebook_size < 2:
             raise ValueError(f"codebook_size must be at least 2, got {self.codebook_size}")
+        if self.quantizer not in ("gumbel", "vq"):
+            raise ValueError(f"quantizer must be gumbel or vq, got {self.quantizer!r}")
         if self.image_size % self.downsample:
             raise ValueError(
                 f"image_size {self.image_size} is not divisible by the downsampling factor "
@@ -93,7 +99,7 @@ class ResidualBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """(B, 3, H, W) mapped pixels -> (B, K, h, w) logits."""
+    """(B, 3, H, W) mapped pixels -> (B, K, h, w) logits (gumbel) or (B, E, h, w) vectors (vq)."""
 
     def __init__(self, config: DVAEConfig):
         super().__init__()
@@ -106,7 +112,8 @@ class Encoder(nn.Module):
                 width = group_width
             if g < config.num_groups - 1:
                 layers.append(nn.MaxPool2d(2))
-        layers += [nn.ReLU(), nn.Conv2d(width, config.codebook_size, 1)]
+        out = config.codebook_size if config.quantizer == "gumbel" else config.embed_dim
+        layers += [nn.ReLU(), nn.Conv2d(width, out, 1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,6 +127,7 @@ class Decoder(nn.Module):
         super().__init__()
         gain = config.residual_gain
         self.codebook = nn.Conv2d(config.codebook_size, config.embed_dim, 1)
+        self.normalized = config.quantizer == "vq"
         layers: list[nn.Module] = []
         width = config.embed_dim
         for g, group_width in enumerate(reversed(config.widths)):
@@ -131,20 +139,25 @@ class Decoder(nn.Module):
         layers += [nn.ReLU(), nn.Conv2d(width, 6, 1)]
         self.layers = nn.Sequential(*layers)
 
+    def codebook_vectors(self) -> torch.Tensor:
+        """(K, E): the vector of each code (unit length for the vq quantizer)."""
+        table = self.codebook.weight[:, :, 0, 0].t()
+        return F.normalize(table, dim=1) if self.normalized else table + self.codebook.bias
+
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, h, w) int64 -> (B, E, h, w): the 1x1 conv of a one-hot input, as a lookup."""
-        table = self.codebook.weight[:, :, 0, 0].t()  # (K, E)
-        return (F.embedding(codes, table) + self.codebook.bias).permute(0, 3, 1, 2)
+        return F.embedding(codes, self.codebook_vectors()).permute(0, 3, 1, 2)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.layers(self.codebook(z))
 
 
 class DVAEOutput(NamedTuple):
-    logits: torch.Tensor  # (B, K, h, w) encoder logits
+    logits: torch.Tensor  # (B, K, h, w) encoder logits (vq: cosine similarities)
     mu: torch.Tensor  # (B, 3, H, W) logit-Laplace location
     log_b: torch.Tensor  # (B, 3, H, W) logit-Laplace log-scale
     codes: torch.Tensor  # (B, h, w) int64 argmax codes
+    vq_loss: torch.Tensor | None = None  # vq: codebook + 0.25 * commitment loss, else None
 
 
 class DiscreteVAE(nn.Module):
@@ -193,16 +206,35 @@ class DiscreteVAE(nn.Module):
         images: (B, 3, H, W) float in [0, 1].
         """
         self._check_images(images)
+        if self.config.quantizer == "vq":
+            return self._forward_vq(images)
         logits = self.encoder(map_pixels(images))
         z = gumbel_softmax(logits, tau, generator, self.config.straight_through)
         mu, log_b = self.decoder(z).chunk(2, dim=1)
         return DVAEOutput(logits, mu, log_b, hard_codes(logits))
 
+    def _forward_vq(self, images: torch.Tensor) -> DVAEOutput:
+        vectors = F.normalize(self.encoder(map_pixels(images)).float(), dim=1)  # (B, E, h, w)
+        similarity = torch.einsum("behw,ke->bkhw", vectors, self.decoder.codebook_vectors())
+        codes = hard_codes(similarity)
+        quantized = self.decoder.embed_codes(codes)
+        # Codebook term pulls codes to the encoder's vectors; commitment the other way, weaker.
+        vq_loss = F.mse_loss(quantized, vectors.detach()) + 0.25 * F.mse_loss(
+            vectors, quantized.detach()
+        )
+        straight_through = vectors + (quantized - vectors).detach()
+        mu, log_b = self.decoder.layers(straight_through).chunk(2, dim=1)
+        return DVAEOutput(similarity, mu, log_b, codes, vq_loss)
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float in [0, 1] -> (B, h, w) int64 codes (argmax, no noise)."""
         self._check_images(images)
-        return hard_codes(self.encoder(map_pixels(images)))
+        out = self.encoder(map_pixels(images))
+        if self.config.quantizer == "vq":
+            table = self.decoder.codebook_vectors()
+            out = torch.einsum("behw,ke->bkhw", F.normalize(out.float(), dim=1), table.float())
+        return hard_codes(out)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -82,3 +82,33 @@ def restart_dead_codes(
                 if torch.is_tensor(value) and value.shape == param.shape:
                     value.index_copy_(dim, dead, value.index_select(dim, donors))
     return len(dead)
+
+
+@torch.no_grad()
+def restart_dead_vectors(
+    codebook: torch.nn.Conv2d,
+    usage: torch.Tensor,
+    vectors: torch.Tensor,
+    optimizer: torch.optim.Optimizer | None = None,
+    generator: torch.Generator | None = None,
+) -> int:
+    """vq quantizer: move every unused code onto an encoder vector drawn from a recent batch.
+
+    A code nearest to no encoder vector gets no gradient and stays dead; placed on a real vector
+    it wins at least that cell at the next step. codebook: the decoder's 1x1 conv (K -> E);
+    usage: (K,) recent use counts; vectors: (B, E, h, w) encoder vectors of a batch. The dead
+    columns' optimizer moments are reset, as they belong to the code's old place.
+    Returns the number of codes restarted.
+    """
+    dead = torch.nonzero(usage <= 0).flatten()
+    if len(dead) == 0:
+        return 0
+    pool = vectors.permute(0, 2, 3, 1).reshape(-1, vectors.shape[1])  # (N, E)
+    picks = torch.randint(len(pool), (len(dead),), generator=generator).to(pool.device)
+    weight = codebook.weight  # (E, K, 1, 1)
+    weight[:, dead, 0, 0] = pool[picks].t().to(weight.dtype)
+    if optimizer is not None:
+        for value in optimizer.state.get(weight, {}).values():
+            if torch.is_tensor(value) and value.shape == weight.shape:
+                value[:, dead] = 0
+    return len(dead)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from torch.utils.data import Dataset, IterableDataset
@@ -25,4 +27,20 @@ def open_source(
     )
 
 
-__all__ = ["ImageFolderDataset", "TarShardDataset", "open_source"]
+def iter_captions(source: str) -> Iterator[str]:
+    """Every caption of a source: an image folder, tar shards or a token cache (for the
+    tokenizer). Folders and caches are read without decoding any image."""
+    path = Path(source)
+    if (path / "meta.json").is_file():  # a token cache
+        for shard in json.loads((path / "meta.json").read_text())["shards"]:
+            for captions in json.loads((path / f"captions_{shard}.json").read_text()):
+                yield from captions
+    elif path.is_dir():
+        for _, captions in ImageFolderDataset(path, 8).items:
+            yield from captions
+    else:
+        for _, joined in open_source(source, 8, train=False, all_captions=True):
+            yield from joined.split("\n")
+
+
+__all__ = ["ImageFolderDataset", "TarShardDataset", "iter_captions", "open_source"]

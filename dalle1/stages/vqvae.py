@@ -4,6 +4,10 @@ Loss per image = logit-Laplace NLL of the pixels + beta * KL(q || uniform) of th
 summed and then divided by the number of sub-pixels, so beta means what it means in the paper at
 any resolution. beta ramps 0 -> kl_weight (cosine) over kl_warmup_steps; the Gumbel temperature
 anneals tau_start -> tau_end (cosine) over tau_steps; the learning rate decays by cosine.
+
+With the vq quantizer (model.quantizer=vq) the prior terms give way to the codebook and
+commitment terms of VQ-VAE, and unused codes move onto encoder outputs every
+restart_dead_codes_every steps.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from vqvae.losses import (
     unmap_pixels,
 )
 from vqvae.model import DiscreteVAE, DVAEConfig
-from vqvae.quantizer import restart_dead_codes
+from vqvae.quantizer import restart_dead_codes, restart_dead_vectors
 from vqvae.schedules import cosine_ramp
 
 logger = logging.getLogger(__name__)
@@ -83,13 +87,17 @@ def dvae_loss(
         nll = F.mse_loss(unmap_pixels(torch.sigmoid(out.mu.float())), images.float())
     else:
         nll = logit_laplace_nll(map_pixels(images), out.mu, out.log_b)
-    kl = kl_to_uniform(out.logits)
-    latents_per_subpixel = out.logits[0, 0].numel() / images[0].numel()  # (h w) / (3 H W)
-    diversity_gap = batch_diversity_gap(out.logits)
-    total = nll + beta * kl * latents_per_subpixel + loss.diversity_weight * diversity_gap
-    perplexity, _ = codebook_usage(out.codes, model.config.codebook_size)
-    metrics = {"recon": nll.item(), "kl": kl.item(), "diversity_gap": diversity_gap.item()}
-    metrics |= {"beta": beta, "tau": tau, "perplexity": perplexity}
+    if out.vq_loss is not None:  # vq quantizer: codebook + commitment terms instead of a prior
+        total = nll + out.vq_loss
+        metrics = {"recon": nll.item(), "vq_loss": out.vq_loss.item()}
+    else:
+        kl = kl_to_uniform(out.logits)
+        latents_per_subpixel = out.logits[0, 0].numel() / images[0].numel()  # (h w) / (3 H W)
+        diversity_gap = batch_diversity_gap(out.logits)
+        total = nll + beta * kl * latents_per_subpixel + loss.diversity_weight * diversity_gap
+        metrics = {"recon": nll.item(), "kl": kl.item(), "diversity_gap": diversity_gap.item()}
+        metrics |= {"beta": beta, "tau": tau}
+    metrics["perplexity"], _ = codebook_usage(out.codes, model.config.codebook_size)
     return total, metrics | {"codes": out.codes}
 
 
@@ -132,9 +140,16 @@ def train_vqvae(config: VQVAERunConfig, resume: bool = False) -> Trainer:
         beta = cosine_ramp(step, loss_config.kl_warmup_steps, 0.0, loss_config.kl_weight)
         tau = cosine_ramp(step, loss_config.tau_steps, loss_config.tau_start, loss_config.tau_end)
         if restart_every and step and step % restart_every == 0:
-            restarted = restart_dead_codes(
-                model.encoder.layers[-1], model.decoder.codebook, usage, trainer.optimizer
-            )
+            if config.model.quantizer == "vq":  # onto encoder vectors of this batch
+                with torch.no_grad():
+                    vectors = F.normalize(model.encoder(map_pixels(images)).float(), dim=1)
+                restarted = restart_dead_vectors(
+                    model.decoder.codebook, usage, vectors, trainer.optimizer
+                )
+            else:
+                restarted = restart_dead_codes(
+                    model.encoder.layers[-1], model.decoder.codebook, usage, trainer.optimizer
+                )
             logger.info("step %d: restarted %d unused codes", step, restarted)
             usage.zero_()
         loss, metrics = dvae_loss(model, images, beta, tau, loss_config)

@@ -1,0 +1,197 @@
+"""Transformer speed on this machine: training tokens/s and sampling images/s against matmul peak.
+
+- matmul: a 2048^3 matmul in fp32 and bf16, the machine's practical peak;
+- train: tokens/s of forward + backward + AdamW for the demo model (configs/dalle_shapes.yaml
+  with the demo's sizes) and for a 1280-position model (256 text + 32x32 image, small width),
+  sparse vs plain causal, fp32 and bf16 autocast, and the model FLOPs/s that gives;
+- attention: one forward of the 1280-position model, FlexAttention vs the dense masked path;
+- sample: image tokens/s and images/s of generate() for 4, 32 and 512 candidates, with the
+  cache, and without it for 4, against the time the FLOPs take at the measured matmul rate.
+
+Model FLOPs per token: 6 N (train) or 2 N (inference) for N non-embedding parameters, plus the
+attention matmuls as if causal (4 d per earlier position, x3 in training).
+
+    python bench/transformer_speed.py            # everything (about 10 minutes on 2 cores)
+    python bench/transformer_speed.py --quick    # fewer steps and no 512-candidate runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from dalle1.sampling import SamplingConfig, sample_candidates
+from dalle1.transformer import DALLE, DALLEConfig
+
+DEMO = dict(
+    text_length=24,
+    text_vocab_size=400,
+    image_grid=8,
+    image_vocab_size=512,
+    dim=192,
+    num_layers=4,
+    heads=6,
+    conv_kernel=5,
+)
+LONG = dict(
+    text_length=256,
+    text_vocab_size=16384,
+    image_grid=32,
+    image_vocab_size=8192,
+    dim=256,
+    num_layers=4,
+    heads=4,
+    conv_kernel=11,
+)
+
+
+def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def flops_per_token(model: DALLE, train: bool) -> float:
+    c = model.config
+    dense = sum(p.numel() for n, p in model.named_parameters() if "blocks" in n or "head" in n)
+    attention = c.num_layers * 4 * c.dim * c.layout.length / 2  # causal: half the positions
+    return (6 if train else 2) * dense + (3 if train else 1) * attention
+
+
+def train_speed(config: dict, attention: str, precision: str, batch: int, steps: int) -> dict:
+    torch.manual_seed(0)
+    model = DALLE(DALLEConfig(**config, attention=attention, attention_impl="dense"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    c = model.config
+    text = torch.randint(0, c.total_text_vocab, (batch, c.text_length))
+    codes = torch.randint(0, c.image_vocab_size, (batch, c.image_grid**2))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    for step in range(steps + 1):
+        if step == 1:  # the first step warms up
+            start = time.perf_counter()
+        with autocast:
+            loss = model(text, codes).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    seconds = (time.perf_counter() - start) / steps
+    tokens = batch * c.layout.length / seconds
+    return {"tokens_per_s": tokens, "model_flops_per_s": tokens * flops_per_token(model, True)}
+
+
+@torch.no_grad()
+def attention_speed(impl: str, attention: str, batch: int = 2, repeats: int = 3) -> float:
+    torch.manual_seed(0)
+    model = DALLE(DALLEConfig(**LONG, attention=attention, attention_impl=impl)).eval()
+    c = model.config
+    text = torch.randint(0, c.total_text_vocab, (batch, c.text_length))
+    codes = torch.randint(0, c.image_vocab_size, (batch, c.image_grid**2))
+    model.image_logits(text, codes)  # compiles FlexAttention on the first call
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model.image_logits(text, codes)
+    return (time.perf_counter() - start) / repeats
+
+
+@torch.no_grad()
+def sample_speed(config: dict, attention: str, n: int, use_cache: bool, batch: int) -> dict:
+    torch.manual_seed(0)
+    model = DALLE(DALLEConfig(**config, attention=attention, attention_impl="dense")).eval()
+    c = model.config
+    text = torch.randint(0, c.text_vocab_size, (c.text_length,))
+    sampling = SamplingConfig(batch_size=batch)
+    generator = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    if use_cache:
+        sample_candidates(model, text, n, sampling, generator=generator)
+    else:
+        from dalle1.sampling import generate
+
+        generate(model, text.expand(n, -1), sampling, generator=generator, use_cache=False)
+    seconds = time.perf_counter() - start
+    flops = n * c.layout.length * flops_per_token(model, False)
+    return {
+        "images_per_s": n / seconds,
+        "image_tokens_per_s": n * c.image_grid**2 / seconds,
+        "seconds": seconds,
+        "flops": flops,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps, no 512 candidates")
+    parser.add_argument("--json", default="runs/bench/transformer_speed.json")
+    args = parser.parse_args()
+    steps = 3 if args.quick else 8
+    report = {
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    rates = {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)}
+    report["matmul_flops_per_s"] = rates
+    print(
+        f"matmul 2048^3: fp32 {rates['fp32'] / 1e9:.0f} GFLOP/s, bf16 "
+        f"{rates['bf16'] / 1e9:.0f} GFLOP/s"
+    )
+
+    report["train"] = []
+    for name, config, batch in (("demo (88 positions)", DEMO, 32), ("1280 positions", LONG, 2)):
+        for attention in ("sparse", "causal"):
+            for precision in ("fp32", "bf16"):
+                row = train_speed(config, attention, precision, batch, steps)
+                row |= {
+                    "model": name,
+                    "attention": attention,
+                    "precision": precision,
+                    "share_of_matmul_peak": row["model_flops_per_s"] / rates[precision],
+                }
+                report["train"].append(row)
+                print(
+                    f"train {name:>20} {attention:>6} {precision}: "
+                    f"{row['tokens_per_s']:8.0f} tokens/s, "
+                    f"{row['model_flops_per_s'] / 1e9:5.1f} GFLOP/s "
+                    f"({row['share_of_matmul_peak']:.0%} of matmul)"
+                )
+
+    report["attention_forward_1280_s"] = {}
+    for impl, attention in (("flex", "sparse"), ("dense", "sparse"), ("dense", "causal")):
+        seconds = attention_speed(impl, attention)
+        report["attention_forward_1280_s"][f"{impl} {attention}"] = seconds
+        print(f"forward, 1280 positions, batch 2, {impl} {attention}: {seconds * 1000:.0f} ms")
+
+    report["sample"] = []
+    cases = [("demo", DEMO, n) for n in (4, 32, 512)] + [("1280", LONG, n) for n in (4, 32)]
+    for name, config, n in cases:
+        if args.quick and n > 32:
+            continue
+        for attention in ("sparse", "causal"):
+            for use_cache in (True, False):
+                if not use_cache and n > 4:  # without a cache: quadratic, a few only
+                    continue
+                row = sample_speed(config, attention, n, use_cache, batch=32)
+                row["at_matmul_peak_s"] = row.pop("flops") / rates["fp32"]
+                row |= {"model": name, "attention": attention, "cache": use_cache, "n": n}
+                report["sample"].append(row)
+                print(
+                    f"sample {name:>5} n={n:<4} {attention:>6} cache={use_cache!s:5}: "
+                    f"{row['images_per_s']:7.2f} images/s, "
+                    f"{row['image_tokens_per_s']:8.0f} image tokens/s "
+                    f"({row['seconds']:.1f} s; FLOPs at matmul peak: "
+                    f"{row['at_matmul_peak_s']:.1f} s)"
+                )
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

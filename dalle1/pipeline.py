@@ -1,0 +1,150 @@
+"""Text -> image with every trained part together: sample, decode, rerank; and completion.
+
+    pipe = Pipeline.load("runs/demo/dalle")          # a transformer run folder
+    images, scores = pipe.sample("a red circle above a blue square", n=64, keep=8)
+    images, scores = pipe.complete(picture, rows=4, caption="...", n=64, keep=8)
+
+A transformer run's config.yaml names its dVAE, tokenizer and (optionally) CLIP run; the sizes
+of all four must agree, or loading says which one does not fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from dalle1.checkpoint import resolve_checkpoint
+from dalle1.clip import CLIP, rerank
+from dalle1.config import from_dict
+from dalle1.sampling import SamplingConfig, sample_candidates
+from dalle1.tokenizer import TextTokenizer
+from dalle1.training import pick_device
+from dalle1.transformer import DALLE
+from vqvae.model import DiscreteVAE
+
+
+@dataclass
+class Pipeline:
+    dalle: DALLE
+    dvae: DiscreteVAE
+    tokenizer: TextTokenizer  # with the transformer's text_length
+    clip: CLIP | None = None
+    clip_tokenizer: TextTokenizer | None = None  # with CLIP's text_length
+
+    @classmethod
+    def load(cls, run: str | Path, clip: str | Path | None = None, device: str = "auto"):
+        """run: a transformer run folder (or one of its checkpoints); clip: a CLIP run folder
+        (default: data.clip of the run's config; None there: no reranking)."""
+        from dalle1.stages.dalle import DALLERunConfig
+
+        run = Path(run)
+        checkpoint = resolve_checkpoint(run)
+        config_file = checkpoint / "config.yaml"
+        if not config_file.is_file():
+            raise FileNotFoundError(
+                f"{str(checkpoint)!r} has no config.yaml: not a transformer run"
+            )
+        try:
+            config = from_dict(DALLERunConfig, yaml.safe_load(config_file.read_text()))
+        except ValueError as err:
+            raise ValueError(f"{str(run)!r} is not a transformer run: {err}") from err
+        target = pick_device(device)
+        dalle = DALLE.from_pretrained(checkpoint, map_location=str(target)).eval()
+        dvae = DiscreteVAE.from_pretrained(resolve_checkpoint(config.data.vqvae)).eval()
+        tokenizer = TextTokenizer(config.data.tokenizer, dalle.config.text_length)
+        c = dalle.config
+        mismatches = [
+            f"{what}: transformer {want}, {source} {have}"
+            for what, want, have, source in (
+                ("grid", c.image_grid, dvae.config.grid_size, "dVAE"),
+                ("codebook", c.image_vocab_size, dvae.config.codebook_size, "dVAE"),
+                ("text ids", c.text_vocab_size, tokenizer.vocab_size, "tokenizer"),
+            )
+            if want != have
+        ]
+        if mismatches:
+            raise ValueError(f"the parts of {str(run)!r} do not fit: " + "; ".join(mismatches))
+        clip_path = clip if clip is not None else config.data.clip
+        clip_model = clip_tokenizer = None
+        if clip_path:
+            clip_model = CLIP.from_pretrained(resolve_checkpoint(clip_path)).eval()
+            clip_tokenizer = TextTokenizer(config.data.tokenizer, clip_model.config.text_length)
+            if clip_model.config.text_vocab_size != tokenizer.vocab_size:
+                raise ValueError(
+                    f"CLIP {str(clip_path)!r} was trained with {clip_model.config.text_vocab_size}"
+                    f" text ids, the transformer's tokenizer has {tokenizer.vocab_size}"
+                )
+            clip_model = clip_model.to(target)
+        return cls(dalle, dvae.to(target), tokenizer, clip_model, clip_tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.dalle.parameters()).device
+
+    def _draw(self, caption, n, keep, config, seed, prefix, progress):
+        if not caption or not caption.strip():
+            raise ValueError("the caption is empty")
+        if keep is not None and not 1 <= keep:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        text = self.tokenizer.encode(caption).to(self.device)
+        generator = torch.Generator(self.device).manual_seed(seed)
+        codes = sample_candidates(self.dalle, text, n, config, prefix, generator, progress)
+        grid = self.dalle.config.image_grid
+        images = torch.cat(
+            [
+                self.dvae.decode(codes[i : i + 64].view(-1, grid, grid))
+                for i in range(0, len(codes), 64)
+            ]
+        )
+        if self.clip is None:  # no reranker: in drawing order
+            keep = n if keep is None else min(keep, n)
+            return images[:keep], torch.full((keep,), float("nan"))
+        order, scores = rerank(self.clip, self.clip_tokenizer, images, caption, keep)
+        return images[order], scores
+
+    @torch.no_grad()
+    def sample(
+        self,
+        caption: str,
+        n: int = 64,
+        keep: int | None = None,
+        config: SamplingConfig | None = None,
+        seed: int = 0,
+        progress=None,
+    ):
+        """n candidates for a caption, reranked by CLIP, best `keep` first.
+
+        Returns (images (keep, 3, S, S) in [0, 1], CLIP scores (keep,); NaN without CLIP).
+        """
+        return self._draw(caption, n, keep, config, seed, None, progress)
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """(3, S, S) in [0, 1] -> (h, w) codes."""
+        return self.dvae.encode(image[None].to(self.device))[0]
+
+    @torch.no_grad()
+    def complete(
+        self,
+        image: torch.Tensor,
+        rows: int,
+        caption: str,
+        n: int = 64,
+        keep: int | None = None,
+        config: SamplingConfig | None = None,
+        seed: int = 0,
+        progress=None,
+    ):
+        """Keep the top `rows` rows of the image's codes, sample the rest, rerank.
+
+        image: (3, S, S) in [0, 1] at the dVAE's size. Returns as sample().
+        """
+        grid = self.dalle.config.image_grid
+        if not 1 <= rows < grid:
+            raise ValueError(
+                f"rows must lie in [1, {grid - 1}] for a {grid}x{grid} grid, got {rows}"
+            )
+        prefix = self.encode_image(image)[:rows].flatten()
+        return self._draw(caption, n, keep, config, seed, prefix, progress)

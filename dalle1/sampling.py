@@ -1,0 +1,152 @@
+"""Autoregressive sampling of image codes given text, with a key/value cache.
+
+generate() fills the image cells in raster order. With the cache, the text (and any given top
+rows, for completion) go through the model once, then each new cell costs one position per layer;
+without it every step reruns the whole prefix (kept for tests and for measuring the cache).
+
+Classifier-free guidance (beyond the paper): the same cells are also predicted from the
+padding-only text, and the logits mixed as uncond + scale * (cond - uncond). Both halves run as
+one batch of 2B rows, each row with its own cache entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dalle1.transformer import DALLE
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0  # 0: greedy (argmax)
+    top_k: int = 0  # keep the k most likely codes; 0 = all
+    top_p: float = 1.0  # keep the smallest set of codes with this much probability; 1 = all
+    guidance_scale: float = 1.0  # classifier-free guidance; 1 = off
+    batch_size: int = 32  # candidates per model call: bounds memory for large n
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(
+                "temperature must be >= 0, top_k >= 0 and top_p in (0, 1], got "
+                f"{self.temperature}, {self.top_k}, {self.top_p}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """(B, K) logits -> a copy with -inf outside the top-k / top-p support."""
+    logits = logits.clone()
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits[logits < kth] = float("-inf")
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        before = probs.cumsum(-1) - probs  # probability mass of the codes ranked above
+        drop_sorted = before >= top_p  # the first code is always kept
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits[drop] = float("-inf")
+    return logits
+
+
+def pick(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None):
+    """(B, K) logits -> (B,) codes."""
+    if config.temperature == 0:
+        return logits.argmax(-1)
+    logits = filter_logits(logits.float() / config.temperature, config.top_k, config.top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def padding_text(model: DALLE, batch: int, device: torch.device) -> torch.Tensor:
+    """(B, T) padding-only text: the unconditional prompt of classifier-free guidance."""
+    c = model.config
+    ids = torch.arange(c.text_vocab_size, c.text_vocab_size + c.text_length, device=device)
+    return ids.expand(batch, -1)
+
+
+@torch.no_grad()
+def generate(
+    model: DALLE,
+    text: torch.Tensor,
+    config: SamplingConfig | None = None,
+    prefix: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Sample the image codes of one batch.
+
+    text: (B, T) ids; prefix: (B, n) codes of the first n cells (raster order) to keep, e.g.
+    the top rows of an image for completion. Returns (B, h*w) int64 codes. The inputs are
+    never modified.
+    """
+    config = config or SamplingConfig()
+    c = model.config
+    batch, cells = text.shape[0], c.image_grid**2
+    codes = torch.zeros(batch, cells, dtype=torch.long, device=text.device)
+    given = 0
+    if prefix is not None:
+        given = prefix.shape[1]
+        if prefix.shape[0] != batch or not 0 <= given < cells:
+            raise ValueError(
+                f"prefix must be (B={batch}, n < {cells}) codes, got {tuple(prefix.shape)}"
+            )
+        codes[:, :given] = prefix
+    guided = config.guidance_scale != 1.0
+    if guided:
+        text = torch.cat([text, padding_text(model, batch, text.device)])
+
+    def both(x: torch.Tensor) -> torch.Tensor:  # the same codes for the guided halves
+        return torch.cat([x, x]) if guided else x
+
+    def next_logits(features: torch.Tensor) -> torch.Tensor:  # (rows, D) -> (B, K)
+        logits = model.image_head(features).float()
+        if guided:
+            cond, uncond = logits.chunk(2)
+            logits = uncond + config.guidance_scale * (cond - uncond)
+        return logits
+
+    cache = model.new_cache() if use_cache else None
+    if use_cache:
+        inputs = model.image_inputs(both(codes[:, :given]))
+        features = model.run_blocks(model.embed(text, inputs), cache, start=0)[:, -1]
+    for cell in range(given, cells):
+        if cell > given or not use_cache:
+            if use_cache:
+                position = c.text_length + cell
+                inputs = both(codes[:, cell - 1 : cell])
+                features = model.run_blocks(model.embed(None, inputs, position), cache, position)
+            else:
+                inputs = model.image_inputs(both(codes[:, :cell]))
+                features = model.run_blocks(model.embed(text, inputs))
+            features = features[:, -1]
+        codes[:, cell] = pick(next_logits(features), config, generator)
+    return codes
+
+
+def sample_candidates(
+    model: DALLE,
+    text: torch.Tensor,
+    n: int,
+    config: SamplingConfig | None = None,
+    prefix: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress=None,
+) -> torch.Tensor:
+    """n candidates for one caption, config.batch_size at a time.
+
+    text: (T,) ids; prefix: (n_given,) codes or None. Returns (n, h*w) codes.
+    progress: optional callable(count) told how many candidates each batch finished.
+    """
+    config = config or SamplingConfig()
+    out = []
+    for first in range(0, n, config.batch_size):
+        size = min(config.batch_size, n - first)
+        batch_prefix = None if prefix is None else prefix.expand(size, -1)
+        out.append(generate(model, text.expand(size, -1), config, batch_prefix, generator))
+        if progress is not None:
+            progress(size)
+    return torch.cat(out)

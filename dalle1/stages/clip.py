@@ -1,0 +1,94 @@
+"""`python train.py clip`: train the CLIP reranker on captioned images.
+
+Logs the contrastive loss, the temperature and, on a held-out batch, the text -> image and
+image -> text top-1 retrieval accuracy among the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader
+
+from dalle1.clip import CLIP, CLIPConfig
+from dalle1.data import open_source
+from dalle1.tokenizer import TextTokenizer
+from dalle1.training import OptimConfig, TrainConfig, Trainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CLIPDataConfig:
+    source: str = "data/shapes/train"  # image folder or tar shards
+    eval_source: str | None = None  # held-out images for retrieval accuracy; None: from source
+    eval_images: int = 64
+    tokenizer: str = "runs/tokenizer.model"  # from `train.py tokenizer`
+
+
+@dataclass
+class CLIPRunConfig:
+    model: CLIPConfig = field(default_factory=CLIPConfig)
+    data: CLIPDataConfig = field(default_factory=CLIPDataConfig)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            lr=5e-4, final_lr=1e-5, warmup_steps=100, betas=[0.9, 0.98], weight_decay=0.1
+        )
+    )
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/clip"))
+
+
+def load_tokenizer(path: str, text_length: int, model_vocab: int) -> TextTokenizer:
+    """The tokenizer a model was (or will be) trained with; its vocabulary must match."""
+    tokenizer = TextTokenizer(path, text_length)
+    if model_vocab and model_vocab != tokenizer.vocab_size:
+        raise ValueError(
+            f"the tokenizer {path!r} has {tokenizer.vocab_size} ids but the model expects "
+            f"text_vocab_size {model_vocab}"
+        )
+    return tokenizer
+
+
+def retrieval_accuracy(model: CLIP, images: torch.Tensor, text: torch.Tensor) -> dict:
+    """Top-1 accuracy of matching each caption to its image among the batch, and back."""
+    similarity = model.encode_text(text) @ model.encode_images(images).t()
+    labels = torch.arange(len(similarity), device=similarity.device)
+    return {
+        "text_to_image": (similarity.argmax(1) == labels).float().mean().item(),
+        "image_to_text": (similarity.argmax(0) == labels).float().mean().item(),
+    }
+
+
+def train_clip(config: CLIPRunConfig, resume: bool = False) -> Trainer:
+    torch.manual_seed(config.train.seed)
+    tokenizer = load_tokenizer(
+        config.data.tokenizer, config.model.text_length, config.model.text_vocab_size
+    )
+    config.model.text_vocab_size = tokenizer.vocab_size
+    size = config.model.image_size
+    dataset = open_source(config.data.source, size, train=True, seed=config.train.seed)
+    eval_source = config.data.eval_source or config.data.source
+    eval_set = open_source(eval_source, size, train=False, seed=config.train.seed)
+    eval_images, eval_captions = next(
+        iter(DataLoader(eval_set, batch_size=config.data.eval_images))
+    )
+    eval_text = tokenizer.encode_batch(list(eval_captions))
+    trainer = Trainer(config.train, config.optim, CLIP(config.model), dataset, config)
+    if resume and not trainer.resume():
+        logger.info("no checkpoint in %s: starting from scratch", trainer.checkpoint_root)
+
+    def step_fn(model: CLIP, batch, step: int):
+        images, captions = batch
+        text = tokenizer.encode_batch(list(captions)).to(trainer.device)
+        return model(images.to(trainer.device), text)
+
+    def eval_fn(model: CLIP, step: int):
+        accuracy = retrieval_accuracy(
+            model, eval_images.to(trainer.device), eval_text.to(trainer.device)
+        )
+        return accuracy, {}
+
+    trainer.fit(step_fn, eval_fn)
+    return trainer

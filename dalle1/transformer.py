@@ -1,0 +1,220 @@
+"""The DALL-E transformer: one decoder-only stream of text ids, then image codes.
+
+    positions 0 .. T-1     text ids (BPE ids, or the per-position padding id vocab + p)
+    position  T + i        image position i: the start-of-image token (i = 0) or the code of
+                           cell i - 1; it predicts the code of cell i
+
+Text positions get learned position embeddings; image position i gets the row and column
+embeddings of the cell it predicts. Text positions predict the next text id (text head), image
+positions the code of their cell (image head). The loss is the mean cross-entropy of each part,
+weighted text_loss_weight : 1 - text_loss_weight (1/8 : 7/8 in the paper).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from dalle1.attention import AttentionMasks, Block, KVCache
+from dalle1.masks import StreamLayout, layer_kinds
+from vqvae.model import load_matching
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
+
+
+@dataclass
+class DALLEConfig:
+    """The paper's model: 256 text + 32x32 image tokens, 64 layers, 62 heads, d 3968."""
+
+    text_length: int = 256  # T: text positions
+    text_vocab_size: int = 16384  # BPE ids; the T padding ids come on top
+    image_grid: int = 32  # the dVAE's grid side: h = w
+    image_vocab_size: int = 8192  # K
+    dim: int = 3968
+    num_layers: int = 64
+    heads: int = 62
+    mlp_ratio: int = 4
+    attention: str = "sparse"  # sparse: row / column / conv masks by layer; causal: plain
+    conv_kernel: int = 11  # side of the last layer's causal neighbourhood
+    attention_impl: str = "auto"  # auto, flex or dense (see README: when flex pays)
+    text_loss_weight: float = 0.125
+    activation_checkpointing: bool = False  # recompute blocks in backward to save memory
+
+    def __post_init__(self) -> None:
+        layer_kinds(1, self.attention)  # checks the name
+        if self.attention_impl not in ("auto", "flex", "dense"):
+            raise ValueError(
+                f"attention_impl must be auto, flex or dense, got {self.attention_impl!r}"
+            )
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if not 0.0 <= self.text_loss_weight <= 1.0:
+            raise ValueError(f"text_loss_weight must lie in [0, 1], got {self.text_loss_weight}")
+
+    @property
+    def layout(self) -> StreamLayout:
+        return StreamLayout(self.text_length, self.image_grid, self.conv_kernel)
+
+    @property
+    def total_text_vocab(self) -> int:
+        return self.text_vocab_size + self.text_length
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+
+class DALLEOutput(NamedTuple):
+    loss: torch.Tensor  # weighted sum of the two cross-entropies
+    text_loss: torch.Tensor
+    image_loss: torch.Tensor
+
+
+def use_flex(impl: str, device: torch.device, length: int) -> bool:
+    """auto: FlexAttention on CUDA, and on CPU for streams of 512 positions or more, where its
+    block sparsity beats the dense mask (bench/attention_speed.py)."""
+    if impl != "auto":
+        return impl == "flex"
+    return device.type == "cuda" or length >= 512
+
+
+class DALLE(nn.Module):
+    def __init__(self, config: DALLEConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.text_embedding = nn.Embedding(c.total_text_vocab, c.dim)
+        self.text_positions = nn.Parameter(torch.zeros(c.text_length, c.dim))
+        self.image_embedding = nn.Embedding(c.image_vocab_size + 1, c.dim)  # last: start token
+        self.row_embedding = nn.Parameter(torch.zeros(c.image_grid, c.dim))
+        self.column_embedding = nn.Parameter(torch.zeros(c.image_grid, c.dim))
+        self.blocks = nn.ModuleList(
+            Block(c.dim, c.heads, c.mlp_ratio, kind)
+            for kind in layer_kinds(c.num_layers, c.attention)
+        )
+        self.norm = nn.LayerNorm(c.dim)
+        self.text_head = nn.Linear(c.dim, c.total_text_vocab, bias=False)
+        self.image_head = nn.Linear(c.dim, c.image_vocab_size, bias=False)
+        self._masks: AttentionMasks | None = None
+        self.apply(self._init_weights)
+        for p in (self.text_positions, self.row_embedding, self.column_embedding):
+            nn.init.normal_(p, std=0.02)
+        for block in self.blocks:  # GPT-2: residual projections scaled by depth
+            for linear in (block.attn.proj, block.mlp[-1]):
+                nn.init.normal_(linear.weight, std=0.02 / (2 * c.num_layers) ** 0.5)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def start_token(self) -> int:
+        return self.config.image_vocab_size
+
+    def masks(self, device: torch.device) -> AttentionMasks:
+        layout = self.config.layout
+        if self._masks is None or self._masks.device != device:
+            flex = use_flex(self.config.attention_impl, device, layout.length)
+            self._masks = AttentionMasks(layout, device, flex)
+        return self._masks
+
+    def embed(self, text: torch.Tensor | None, image_inputs: torch.Tensor, start: int = 0):
+        """Embeddings of the positions start .. start + l - 1 of the stream.
+
+        text: (B, T) ids when start < T (only full text is supported), else None;
+        image_inputs: (B, n) image-position inputs (codes, or start_token at position 0) for
+        the image positions from max(start - T, 0) on. Returns (B, l, D).
+        """
+        parts = []
+        text_length, grid = self.config.text_length, self.config.image_grid
+        if start < text_length:
+            if start != 0 or text is None or text.shape[1] != text_length:
+                raise ValueError(f"expected text ids of shape (B, {text_length}) at position 0")
+            parts.append(self.text_embedding(text) + self.text_positions)
+        first = max(start - text_length, 0)
+        count = image_inputs.shape[1]
+        if count:
+            cells = torch.arange(first, first + count, device=image_inputs.device)
+            position = self.row_embedding[cells // grid] + self.column_embedding[cells % grid]
+            parts.append(self.image_embedding(image_inputs) + position)
+        return torch.cat(parts, dim=1)
+
+    def image_inputs(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, n) codes of cells 0..n-1 -> (B, n + 1) inputs: start token, then the codes."""
+        start = codes.new_full((codes.shape[0], 1), self.start_token)
+        return torch.cat([start, codes], dim=1)
+
+    def run_blocks(self, x: torch.Tensor, cache: KVCache | None = None, start: int = 0):
+        """(B, l, D) embeddings at positions start.. -> (B, l, D) final-norm features."""
+        masks = self.masks(x.device)
+        for i, block in enumerate(self.blocks):
+            if self.config.activation_checkpointing and self.training and cache is None:
+                x = checkpoint(block, x, masks, use_reentrant=False)
+            else:
+                x = block(x, masks, cache, i, start)
+        return self.norm(x)
+
+    def forward(self, text: torch.Tensor, codes: torch.Tensor) -> DALLEOutput:
+        """Teacher-forced loss. text: (B, T) ids; codes: (B, h*w) image codes (raster order)."""
+        c = self.config
+        if text.ndim != 2 or text.shape[1] != c.text_length:
+            raise ValueError(
+                f"expected text of shape (B, {c.text_length}), got {tuple(text.shape)}"
+            )
+        if codes.shape != (text.shape[0], c.image_grid**2):
+            raise ValueError(
+                f"expected codes of shape ({text.shape[0]}, {c.image_grid**2}), "
+                f"got {tuple(codes.shape)}"
+            )
+        x = self.embed(text, self.image_inputs(codes[:, :-1]))
+        h = self.run_blocks(x)
+        text_logits = self.text_head(h[:, : c.text_length - 1])  # predicts text ids 1..T-1
+        image_logits = self.image_head(h[:, c.text_length :])  # predicts cells 0..N-1
+        text_loss = F.cross_entropy(text_logits.flatten(0, 1).float(), text[:, 1:].flatten())
+        image_loss = F.cross_entropy(image_logits.flatten(0, 1).float(), codes.flatten())
+        w = c.text_loss_weight
+        return DALLEOutput(w * text_loss + (1 - w) * image_loss, text_loss, image_loss)
+
+    def image_logits(self, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Logits of every cell without a cache: (B, T), (B, N) -> (B, N, K)."""
+        x = self.embed(text, self.image_inputs(codes[:, :-1]))
+        return self.image_head(self.run_blocks(x)[:, self.config.text_length :])
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.num_layers, self.config.layout.length)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, folder / WEIGHTS_FILE)
+        (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=1))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, map_location: str = "cpu") -> DALLE:
+        folder = Path(folder)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(
+                    f"{str(folder)!r} is not a transformer checkpoint: {name} missing"
+                )
+        try:
+            config = DALLEConfig(**json.loads((folder / CONFIG_FILE).read_text()))
+            state = load_file(folder / WEIGHTS_FILE, device=map_location)
+        except Exception as err:
+            raise ValueError(f"cannot read the transformer in {str(folder)!r}: {err}") from err
+        model = cls(config)
+        load_matching(model, state, str(folder))
+        return model

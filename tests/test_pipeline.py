@@ -1,0 +1,271 @@
+"""Every stage through its command line on tiny configs, then sampling and completion; resume and
+two processes for the transformer stage; the errors a user meets on bad arguments."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import train
+from dalle1.__main__ import main as dalle1_main
+from dalle1.data.shapes import ShapesConfig, write_split
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """Tokenizer, dVAE, token cache and CLIP trained on 48 tiny scenes."""
+    root = tmp_path_factory.mktemp("pipeline")
+    data = root / "data"
+    write_split(ShapesConfig(out=str(data), n=48, size=32), progress=False)
+    assert (
+        train.main(
+            ["tokenizer", "--data", str(data), "--vocab", "300", "--out", str(root / "tok.model")]
+        )
+        == 0
+    )
+    assert (
+        train.main(
+            [
+                "vqvae",
+                "--config",
+                str(ROOT / "configs/vqvae_tiny.yaml"),
+                f"train.run_dir={root / 'vqvae'}",
+                f"data.source={data}",
+                "train.max_steps=4",
+            ]
+        )
+        == 0
+    )
+    assert (
+        train.main(
+            [
+                "encode",
+                "--vqvae",
+                str(root / "vqvae"),
+                "--data",
+                str(data),
+                "--out",
+                str(root / "cache"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        train.main(
+            [
+                "clip",
+                "--config",
+                str(ROOT / "configs/clip_tiny.yaml"),
+                f"train.run_dir={root / 'clip'}",
+                f"data.source={data}",
+                f"data.tokenizer={root / 'tok.model'}",
+            ]
+        )
+        == 0
+    )
+    return root
+
+
+def dalle_args(parts: Path, run_dir: Path, *overrides: str) -> list[str]:
+    return [
+        "dalle",
+        "--config",
+        str(ROOT / "configs/dalle_tiny.yaml"),
+        f"train.run_dir={run_dir}",
+        f"data.source={parts / 'cache'}",
+        f"data.vqvae={parts / 'vqvae'}",
+        f"data.tokenizer={parts / 'tok.model'}",
+        f"data.clip={parts / 'clip'}",
+        *overrides,
+    ]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    last = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
+    return load_file(last / "model.safetensors")
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_transformer_stage_resumes_exactly(parts, tmp_path):
+    options = [
+        "train.max_steps=6",
+        "train.checkpoint_every=3",
+        "train.ema_decay=0.9",
+        "data.bpe_dropout=0.3",
+        "data.caption_drop=0.3",
+    ]
+    assert train.main(dalle_args(parts, tmp_path / "one", *options)) == 0
+    # Stop after 3 steps (the step-6 checkpoint never written), then resume the same run.
+    assert train.main(dalle_args(parts, tmp_path / "two", *options, "train.max_steps=3")) == 0
+    assert train.main(dalle_args(parts, tmp_path / "two", *options, "--resume")) == 0
+    assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"))
+    assert (tmp_path / "one" / "previews" / "samples_0000006.png").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_on_the_same_global_batch(parts, tmp_path):
+    options = [
+        "train.max_steps=3",
+        "data.bpe_dropout=0.3",
+        "data.caption_drop=0.3",
+        "train.eval_every=0",
+    ]
+    assert train.main(dalle_args(parts, tmp_path / "single", *options)) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "train.py"),
+        *dalle_args(parts, tmp_path / "ddp", *options),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_weights(final_weights(tmp_path / "single"), final_weights(tmp_path / "ddp"))
+
+
+def test_sample_and_complete_write_reranked_grids(parts, tmp_path, capsys):
+    run = tmp_path / "dalle"
+    assert train.main(dalle_args(parts, run)) == 0
+    out = tmp_path / "grid.png"
+    assert (
+        dalle1_main(
+            [
+                "sample",
+                "--run",
+                str(run),
+                "a red circle",
+                "-n",
+                "6",
+                "--keep",
+                "3",
+                "--batch-size",
+                "4",
+                "--out",
+                str(out),
+                "--save-each",
+            ]
+        )
+        == 0
+    )
+    assert Image.open(out).size == (3 * 18 + 2, 20)  # 3 images of 16 px, 2 px padding
+    kept = sorted((tmp_path / "grid").glob("*.png"))
+    scores = [float(p.stem.split("score")[1]) for p in kept]
+    assert len(kept) == 3 and scores == sorted(scores, reverse=True)
+
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a blue square\n\na green triangle on the left\n")
+    assert (
+        dalle1_main(
+            [
+                "sample",
+                "--run",
+                str(run),
+                "--captions-file",
+                str(captions),
+                "-n",
+                "2",
+                "--keep",
+                "2",
+                "--out",
+                str(tmp_path / "many.png"),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "many_000.png").is_file() and (tmp_path / "many_001.png").is_file()
+
+    picture = next((parts / "data").glob("*.png"))
+    completion = tmp_path / "completion.png"
+    assert (
+        dalle1_main(
+            [
+                "complete",
+                "--run",
+                str(run),
+                "--image",
+                str(picture),
+                "--rows",
+                "2",
+                "a red circle",
+                "-n",
+                "4",
+                "--keep",
+                "2",
+                "--out",
+                str(completion),
+            ]
+        )
+        == 0
+    )
+    assert Image.open(completion).size == (3 * 18 + 2, 20)  # the original, then 2 kept
+
+
+def test_bad_arguments_name_the_problem(parts, tmp_path, capsys):
+    run = tmp_path / "dalle"
+    assert train.main(dalle_args(parts, run, "train.max_steps=1")) == 0
+    picture = next((parts / "data").glob("*.png"))
+    cases = [
+        (["sample", "--run", str(run)], "no caption given"),
+        (
+            ["complete", "--run", str(run), "--image", str(picture), "--rows", "4", "x"],
+            r"rows must lie in \[1, 3\]",
+        ),
+        (
+            [
+                "complete",
+                "--run",
+                str(run),
+                "--image",
+                str(tmp_path / "none.png"),
+                "--rows",
+                "1",
+                "x",
+            ],
+            "not found",
+        ),
+        (
+            [
+                "complete",
+                "--run",
+                str(run),
+                "--image",
+                str(parts / "tok.model"),
+                "--rows",
+                "1",
+                "x",
+            ],
+            "cannot read the image",
+        ),
+        (["sample", "--run", str(parts / "clip"), "x"], "not a transformer"),
+        (["sample", "--run", str(tmp_path), "x"], "neither a checkpoint folder"),
+    ]
+    for argv, message in cases:
+        assert dalle1_main(argv) == 2, argv
+        assert message.split("\\")[0].split("[")[0] in capsys.readouterr().err, argv
+    # A tokenizer that does not fit the trained transformer.
+    other = tmp_path / "other.model"
+    assert (
+        train.main(
+            ["tokenizer", "--data", str(parts / "data"), "--vocab", "320", "--out", str(other)]
+        )
+        == 0
+    )
+    config = next((run / "checkpoints").glob("step_*")) / "config.yaml"
+    config.write_text(config.read_text().replace(str(parts / "tok.model"), str(other)))
+    assert dalle1_main(["sample", "--run", str(run), "x"]) == 2
+    assert "do not fit" in capsys.readouterr().err
