@@ -6,10 +6,12 @@
   sparse vs plain causal, fp32 and bf16 autocast, and the model FLOPs/s that gives;
 - attention: one forward of the 1280-position model, FlexAttention vs the dense masked path;
 - sample: image tokens/s and images/s of generate() for 4, 32 and 512 candidates, with the
-  cache, and without it for 4, against the time the FLOPs take at the measured matmul rate.
+  cache, and without it for 4 of the demo model, against the time the FLOPs take at the
+  measured matmul rate.
 
-Model FLOPs per token: 6 N (train) or 2 N (inference) for N non-embedding parameters, plus the
-attention matmuls as if causal (4 d per earlier position, x3 in training).
+Model FLOPs per position: 6 N (train) or 2 N (inference) for the N weights of the blocks and of the
+output head the position uses, plus the attention matmuls as if causal (4 d per earlier position,
+x3 in training).
 
     python bench/transformer_speed.py            # everything (about 10 minutes on 2 cores)
     python bench/transformer_speed.py --quick    # fewer steps and no 512-candidate runs
@@ -60,10 +62,16 @@ def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float
 
 
 def flops_per_token(model: DALLE, train: bool) -> float:
+    """Matmul FLOPs per stream position: the blocks' weights, the head its part uses, and the
+    attention scores and sums over the earlier positions (counted as causal)."""
     c = model.config
-    dense = sum(p.numel() for n, p in model.named_parameters() if "blocks" in n or "head" in n)
-    attention = c.num_layers * 4 * c.dim * c.layout.length / 2  # causal: half the positions
-    return (6 if train else 2) * dense + (3 if train else 1) * attention
+    blocks = sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks"))
+    heads = (
+        (c.text_length - 1) * model.text_head.weight.numel()
+        + c.image_grid**2 * model.image_head.weight.numel()
+    ) / c.layout.length
+    attention = c.num_layers * 2 * c.dim * c.layout.length  # 4 d per earlier position, causal
+    return (6 if train else 2) * (blocks + heads) + (3 if train else 1) * attention
 
 
 def train_speed(config: dict, attention: str, precision: str, batch: int, steps: int) -> dict:
@@ -176,7 +184,7 @@ def main() -> None:
             continue
         for attention in ("sparse", "causal"):
             for use_cache in (True, False):
-                if not use_cache and n > 4:  # without a cache: quadratic, a few only
+                if not use_cache and (n > 4 or name == "1280"):  # quadratic: small cases only
                     continue
                 row = sample_speed(config, attention, n, use_cache, batch=32)
                 row["at_matmul_peak_s"] = row.pop("flops") / rates["fp32"]

@@ -15,8 +15,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dalle1.evaluate import SUITES
+import torch
+from tqdm import tqdm
+
+from dalle1.data.transforms import BadSample, read_image
+from dalle1.evaluate import SUITES, evaluate_suite
+from dalle1.images import make_grid, save_image
 from dalle1.judge import judge_folder
+from dalle1.pipeline import Pipeline
+from dalle1.sampling import SamplingConfig
 
 
 def run_judge(args: argparse.Namespace) -> None:
@@ -28,9 +35,7 @@ def run_judge(args: argparse.Namespace) -> None:
     print(f"accuracy {report['accuracy']:.4f} over {report['n']} images", file=sys.stderr)
 
 
-def sampling_config(args: argparse.Namespace):
-    from dalle1.sampling import SamplingConfig
-
+def sampling_config(args: argparse.Namespace) -> SamplingConfig:
     return SamplingConfig(
         temperature=args.temperature,
         top_k=args.top_k,
@@ -42,10 +47,6 @@ def sampling_config(args: argparse.Namespace):
 
 def write_results(images, scores, out: Path, each: bool, stem: str, first=None) -> None:
     """The grid (the original first, for completion) and optionally each image with its score."""
-    import torch
-
-    from dalle1.images import make_grid, save_image
-
     shown = images if first is None else torch.cat([first[None].cpu(), images.cpu()])
     save_image(make_grid(shown, columns=min(8, len(shown))), out)
     if each:
@@ -65,12 +66,8 @@ def read_captions(args: argparse.Namespace) -> list[str]:
 
 
 def run_sample(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
-    from dalle1.pipeline import Pipeline
-
-    pipe = Pipeline.load(args.run, args.clip, args.device)
     captions = read_captions(args)
+    pipe = Pipeline.load(args.run, args.clip, args.device)
     out = Path(args.out)
     config = sampling_config(args)
     with tqdm(total=args.n * len(captions), unit="image", desc="sampling") as bar:
@@ -84,21 +81,14 @@ def run_sample(args: argparse.Namespace) -> None:
 
 
 def run_complete(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
-    from dalle1.data.transforms import BadSample, decode_image, resize_and_crop, to_tensor
-    from dalle1.pipeline import Pipeline
-
     pipe = Pipeline.load(args.run, args.clip, args.device)
     path = Path(args.image)
     if not path.is_file():
         raise FileNotFoundError(f"image {str(path)!r} not found")
     try:
-        picture = decode_image(path.read_bytes())
+        image = read_image(path, pipe.dvae.config.image_size)
     except BadSample as err:
         raise ValueError(f"cannot read the image {str(path)!r}: {err}") from err
-    size = pipe.dvae.config.image_size
-    image = to_tensor(resize_and_crop(picture, size, None))
     with tqdm(total=args.n, unit="image", desc="completing") as bar:
         images, scores = pipe.complete(
             image,
@@ -115,9 +105,6 @@ def run_complete(args: argparse.Namespace) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from dalle1.evaluate import evaluate_suite
-    from dalle1.pipeline import Pipeline
-
     pipe = Pipeline.load(args.run, args.clip, args.device)
     # The demo's layout: RUN = DEMO/dalle, suites in DEMO/data/SPLIT; completion uses `pair`.
     split = "pair" if args.suite == "completion" else args.suite

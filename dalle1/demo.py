@@ -14,17 +14,26 @@ A second run reuses every finished stage and resumes an interrupted one.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
+
+import torch
 
 from dalle1.checkpoint import latest_checkpoint
 from dalle1.config import load_config, save_config
 from dalle1.data import iter_captions
 from dalle1.data.shapes import ShapesConfig, write_split
+from dalle1.data.transforms import read_image
+from dalle1.evaluate import SUITES, evaluate_suite
+from dalle1.images import make_grid, save_image
 from dalle1.judge import judge_folder
+from dalle1.pipeline import Pipeline
+from dalle1.stages.clip import CLIPRunConfig, train_clip
+from dalle1.stages.dalle import DALLERunConfig, train_dalle
+from dalle1.stages.encode import encode_dataset
+from dalle1.stages.vqvae import VQVAERunConfig, train_vqvae
+from dalle1.tokenizer import train_tokenizer
 
-logger = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 SPLIT_SIZES = {"train": 8000, "single": 200, "pair": 200, "novel": 200}
@@ -46,12 +55,6 @@ def run_demo(
     holdout: str = "red:triangle,blue:circle",
     evaluate: bool = True,
 ) -> dict:
-    from dalle1.stages.clip import CLIPRunConfig, train_clip
-    from dalle1.stages.dalle import DALLERunConfig, train_dalle
-    from dalle1.stages.encode import encode_dataset
-    from dalle1.stages.vqvae import VQVAERunConfig, train_vqvae
-    from dalle1.tokenizer import train_tokenizer
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / "report.json"
@@ -87,38 +90,26 @@ def run_demo(
     stage("data", make_data)
 
     tokenizer = out / "tokenizer.model"
-    stage(
-        "tokenizer",
-        lambda: (
-            not tokenizer.is_file()
-            and bool(
-                train_tokenizer(iter_captions(str(data / "train")), TOKENIZER_VOCAB, tokenizer)
-            )
-        ),
-    )
 
-    def trained(kind, config_cls, train_fn, overrides) -> bool:
-        config = load_config(config_cls, CONFIGS / f"{kind}_shapes.yaml", overrides)
-        if finished(Path(config.train.run_dir), config.train.max_steps):
+    def make_tokenizer() -> bool:
+        if tokenizer.is_file():
             return False
-        train_fn(config, resume=True)
+        train_tokenizer(iter_captions(str(data / "train")), TOKENIZER_VOCAB, tokenizer)
         return True
 
-    common = [f"data.source={data / 'train'}"]
-    stage(
-        "vqvae",
-        lambda: trained(
-            "vqvae",
-            VQVAERunConfig,
-            train_vqvae,
-            [
-                *common,
-                f"data.eval_source={data / 'single'}",
-                f"model.image_size={size}",
-                f"train.run_dir={out / 'vqvae'}",
-            ],
-        ),
-    )
+    stage("tokenizer", make_tokenizer)
+
+    def trained(kind: str, config_cls, train_fn, overrides: list[str]):
+        """The work of a training stage: train configs/KIND_shapes.yaml unless finished."""
+
+        def work() -> bool:
+            config = load_config(config_cls, CONFIGS / f"{kind}_shapes.yaml", overrides)
+            if finished(Path(config.train.run_dir), config.train.max_steps):
+                return False
+            train_fn(config, resume=True)
+            return True
+
+        return work
 
     def encode() -> bool:
         done = False
@@ -128,40 +119,25 @@ def run_demo(
                 done = True
         return done
 
+    train_data, image_size = f"data.source={data / 'train'}", f"model.image_size={size}"
+    vqvae_args = [train_data, image_size, f"data.eval_source={data / 'single'}"]
+    vqvae_args.append(f"train.run_dir={out / 'vqvae'}")
+    stage("vqvae", trained("vqvae", VQVAERunConfig, train_vqvae, vqvae_args))
     stage("token cache", encode)
-    stage(
-        "clip",
-        lambda: trained(
-            "clip",
-            CLIPRunConfig,
-            train_clip,
-            [
-                *common,
-                f"data.eval_source={data / 'pair'}",
-                f"data.tokenizer={tokenizer}",
-                f"model.image_size={size}",
-                f"train.run_dir={out / 'clip'}",
-            ],
-        ),
-    )
+    clip_args = [train_data, image_size, f"data.eval_source={data / 'pair'}"]
+    clip_args += [f"data.tokenizer={tokenizer}", f"train.run_dir={out / 'clip'}"]
+    stage("clip", trained("clip", CLIPRunConfig, train_clip, clip_args))
     samples = [read_caption(data / s, i) for s in ("single", "pair", "novel") for i in (0, 1)]
-    stage(
-        "dalle",
-        lambda: trained(
-            "dalle",
-            DALLERunConfig,
-            train_dalle,
-            [
-                f"data.source={out / 'cache' / 'train'}",
-                f"data.eval_source={out / 'cache' / 'single'}",
-                f"data.vqvae={out / 'vqvae'}",
-                f"data.tokenizer={tokenizer}",
-                f"data.clip={out / 'clip'}",
-                f"train.run_dir={out / 'dalle'}",
-                f"data.sample_captions={json.dumps(samples[::2])}",
-            ],
-        ),
-    )
+    dalle_args = [
+        f"data.source={out / 'cache' / 'train'}",
+        f"data.eval_source={out / 'cache' / 'single'}",
+        f"data.vqvae={out / 'vqvae'}",
+        f"data.tokenizer={tokenizer}",
+        f"data.clip={out / 'clip'}",
+        f"train.run_dir={out / 'dalle'}",
+        f"data.sample_captions={json.dumps(samples[::2])}",
+    ]
+    stage("dalle", trained("dalle", DALLERunConfig, train_dalle, dalle_args))
     stage("samples", lambda: write_samples(out, samples))
     if evaluate:
         stage("eval", lambda: run_benchmark(out, report))
@@ -178,43 +154,29 @@ def read_caption(folder: Path, index: int) -> str:
 
 def write_samples(out: Path, captions: list[str]) -> bool:
     """Reranked grids for each caption and one completion, best first."""
-    from dalle1.data.transforms import resize_and_crop, to_tensor
-    from dalle1.images import make_grid, save_image
-    from dalle1.pipeline import Pipeline
-
     if (out / "completion.png").is_file():
         return False
     pipe = Pipeline.load(out / "dalle")
     lines = []
     for i, caption in enumerate(captions):
-        images, scores = pipe.sample(caption, SAMPLES, KEEP, seed=i)
+        images, _ = pipe.sample(caption, SAMPLES, KEEP, seed=i)
         path = out / "samples" / f"{i:02d}.png"
         save_image(make_grid(images, columns=KEEP), path)
         lines.append(f"{path.name}: {caption}")
     (out / "samples" / "captions.txt").write_text("\n".join(lines) + "\n")
-    from PIL import Image
 
     scene = sorted((out / "data" / "pair").glob("*.png"))[0]
     caption = scene.with_suffix(".txt").read_text().splitlines()[0]
-    with Image.open(scene) as picture:
-        image = to_tensor(
-            resize_and_crop(picture.convert("RGB"), pipe.dvae.config.image_size, None)
-        )
+    image = read_image(scene, pipe.dvae.config.image_size)
     rows = pipe.dalle.config.image_grid // 2
     images, _ = pipe.complete(image, rows, caption, SAMPLES, KEEP)
-    import torch
-
-    save_image(
-        make_grid(torch.cat([image[None], images]), columns=KEEP + 1), out / "completion.png"
-    )
+    grid = make_grid(torch.cat([image[None], images]), columns=KEEP + 1)
+    save_image(grid, out / "completion.png")
     (out / "completion.txt").write_text(f"{scene.name}: {caption} (top {rows} code rows kept)\n")
     return True
 
 
 def run_benchmark(out: Path, report: dict) -> bool:
-    from dalle1.evaluate import SUITES, evaluate_suite
-    from dalle1.pipeline import Pipeline
-
     if "benchmark" in report:
         return False
     pipe = Pipeline.load(out / "dalle")

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from PIL import Image
+from tqdm import tqdm
 
 from dalle1.clip import rerank
-from dalle1.data.transforms import resize_and_crop, to_tensor
+from dalle1.data.transforms import read_image
 from dalle1.images import to_pil
 from dalle1.judge import judge_image, summarize
 from dalle1.pipeline import Pipeline
@@ -49,8 +49,6 @@ def evaluate_suite(
     progress: bool = True,
 ) -> dict:
     """Judge n scenes x `candidates` images of a suite. Returns the report (see module doc)."""
-    from tqdm import tqdm
-
     if suite not in SUITES:
         raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
     if candidates < 1 or not 1 <= keep <= candidates:
@@ -65,8 +63,7 @@ def evaluate_suite(
     pipe_without_clip = Pipeline(pipe.dalle, pipe.dvae, pipe.tokenizer)
     for index, (name, caption, spec) in enumerate(tqdm(scenes, desc=suite, disable=not progress)):
         if suite == "completion":
-            with Image.open(Path(folder) / f"{name}.png") as picture:
-                image = to_tensor(resize_and_crop(picture.convert("RGB"), size, None))
+            image = read_image(Path(folder) / f"{name}.png", size)
             drawn, _ = pipe_without_clip.complete(
                 image, rows, caption, candidates, None, config, seed + index
             )

@@ -45,7 +45,7 @@ class DALLEConfig:
     mlp_ratio: int = 4
     attention: str = "sparse"  # sparse: row / column / conv masks by layer; causal: plain
     conv_kernel: int = 11  # side of the last layer's causal neighbourhood
-    attention_impl: str = "auto"  # auto, flex or dense (see README: when flex pays)
+    attention_impl: str = "auto"  # auto (flex on CUDA, dense on CPU), flex or dense
     text_loss_weight: float = 0.125
     activation_checkpointing: bool = False  # recompute blocks in backward to save memory
 
@@ -79,12 +79,12 @@ class DALLEOutput(NamedTuple):
     image_loss: torch.Tensor
 
 
-def use_flex(impl: str, device: torch.device, length: int) -> bool:
-    """auto: FlexAttention on CUDA, and on CPU for streams of 512 positions or more, where its
-    block sparsity beats the dense mask (bench/attention_speed.py)."""
+def use_flex(impl: str, device: torch.device) -> bool:
+    """auto: FlexAttention on CUDA only. On the CPU it has no backward, and its compiled forward
+    was slower than the dense masked path at 1280 positions (bench/transformer_speed.py)."""
     if impl != "auto":
         return impl == "flex"
-    return device.type == "cuda" or length >= 512
+    return device.type == "cuda"
 
 
 class DALLE(nn.Module):
@@ -126,7 +126,7 @@ class DALLE(nn.Module):
     def masks(self, device: torch.device) -> AttentionMasks:
         layout = self.config.layout
         if self._masks is None or self._masks.device != device:
-            flex = use_flex(self.config.attention_impl, device, layout.length)
+            flex = use_flex(self.config.attention_impl, device)
             self._masks = AttentionMasks(layout, device, flex)
         return self._masks
 

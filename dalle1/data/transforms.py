@@ -13,6 +13,7 @@ import logging
 import random
 import warnings
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -128,6 +129,11 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> (3, H, W) float32 in [0, 1]."""
     array = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)  # HWC -> CHW
+
+
+def read_image(path: str | Path, size: int) -> torch.Tensor:
+    """An image file -> (3, size, size) float in [0, 1], centre-cropped. Raises BadSample."""
+    return to_tensor(resize_and_crop(decode_image(Path(path).read_bytes()), size, None))
 
 
 class SkipLog:

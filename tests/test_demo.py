@@ -1,0 +1,52 @@
+"""`train.py demo` end to end at a tiny scale: every output is written, a rerun reuses it all."""
+
+import json
+import shutil
+from pathlib import Path
+
+import dalle1.demo as demo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, capsys):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for kind in ("vqvae", "clip", "dalle"):  # the tests' tiny models under the demo's names
+        shutil.copy(ROOT / f"configs/{kind}_tiny.yaml", configs / f"{kind}_shapes.yaml")
+    monkeypatch.setattr(demo, "CONFIGS", configs)
+    monkeypatch.setattr(demo, "SPLIT_SIZES", {"train": 48, "single": 4, "pair": 4, "novel": 4})
+    monkeypatch.setattr(demo, "SAMPLES", 4)
+    monkeypatch.setattr(demo, "KEEP", 2)
+    monkeypatch.setattr(demo, "EVAL_SCENES", 2)
+    monkeypatch.setattr(demo, "EVAL_CANDIDATES", 3)
+    monkeypatch.setattr(demo, "EVAL_KEEP", 2)
+    out = tmp_path / "demo"
+
+    report = demo.run_demo(out, size=32, holdout="green:square")
+    for path in ("tokenizer.model", "samples/05.png", "completion.png", "cache/train/meta.json"):
+        assert (out / path).is_file(), path
+    assert all(v["judge_accuracy"] == 1.0 for v in report["data"].values())
+    for suite in ("single", "pair", "novel", "completion"):
+        result = report["benchmark"][suite]
+        assert result["n"] == 2 and 0.0 <= result["reranked"]["accuracy"] <= 1.0
+    stages = set(report["seconds"])
+    assert stages == {
+        "data",
+        "tokenizer",
+        "vqvae",
+        "token cache",
+        "clip",
+        "dalle",
+        "samples",
+        "eval",
+    }
+    novel = (out / "data" / "novel").glob("*.txt")
+    assert all("green square" in p.read_text() for p in novel)
+    capsys.readouterr()
+
+    demo.run_demo(out, size=32, holdout="green:square")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[demo] ")]
+    reused = [line for line in lines if "reused" in line]
+    assert len(reused) == len(stages), lines
+    assert json.loads((out / "report.json").read_text())["benchmark"] == report["benchmark"]
