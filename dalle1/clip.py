@@ -10,22 +10,16 @@ batch.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dalle1.attention import Block
 from dalle1.tokenizer import TextTokenizer
-from vqvae.model import load_matching
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "model_config.json"
+from vqvae.pretrained import Pretrained
 
 
 @dataclass
@@ -68,7 +62,9 @@ class Encoder(nn.Module):
         return self.proj(self.norm(x[:, 0]))
 
 
-class CLIP(nn.Module):
+class CLIP(Pretrained, nn.Module):
+    config_class, kind = CLIPConfig, "CLIP"
+
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
         if config.text_vocab_size < 1:
@@ -113,28 +109,6 @@ class CLIP(nn.Module):
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
         accuracy = (logits.argmax(1) == labels).float().mean()
         return loss, {"text_to_image_accuracy": accuracy.item(), "scale": scale.item()}
-
-    def save_pretrained(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, folder / WEIGHTS_FILE)
-        (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=1))
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, map_location: str = "cpu") -> CLIP:
-        folder = Path(folder)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{str(folder)!r} is not a CLIP checkpoint: {name} missing")
-        try:
-            config = CLIPConfig(**json.loads((folder / CONFIG_FILE).read_text()))
-            state = load_file(folder / WEIGHTS_FILE, device=map_location)
-        except Exception as err:
-            raise ValueError(f"cannot read the CLIP model in {str(folder)!r}: {err}") from err
-        model = cls(config)
-        load_matching(model, state, str(folder))
-        return model
 
 
 @torch.no_grad()

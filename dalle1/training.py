@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from dalle1.checkpoint import atomic_checkpoint, latest_checkpoint
 from dalle1.config import save_config
 from dalle1.images import save_image
-from vqvae.model import load_matching
+from vqvae.pretrained import load_matching
 
 logger = logging.getLogger(__name__)
 

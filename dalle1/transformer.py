@@ -12,23 +12,17 @@ weighted text_loss_weight : 1 - text_loss_weight (1/8 : 7/8 in the paper).
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from dalle1.attention import AttentionMasks, Block, KVCache
 from dalle1.masks import StreamLayout, layer_kinds
-from vqvae.model import load_matching
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "model_config.json"
+from vqvae.pretrained import Pretrained
 
 
 @dataclass
@@ -87,7 +81,9 @@ def use_flex(impl: str, device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-class DALLE(nn.Module):
+class DALLE(Pretrained, nn.Module):
+    config_class, kind = DALLEConfig, "transformer"
+
     def __init__(self, config: DALLEConfig) -> None:
         super().__init__()
         self.config = config
@@ -194,27 +190,3 @@ class DALLE(nn.Module):
 
     def new_cache(self) -> KVCache:
         return KVCache(self.config.num_layers, self.config.layout.length)
-
-    def save_pretrained(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, folder / WEIGHTS_FILE)
-        (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=1))
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, map_location: str = "cpu") -> DALLE:
-        folder = Path(folder)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(
-                    f"{str(folder)!r} is not a transformer checkpoint: {name} missing"
-                )
-        try:
-            config = DALLEConfig(**json.loads((folder / CONFIG_FILE).read_text()))
-            state = load_file(folder / WEIGHTS_FILE, device=map_location)
-        except Exception as err:
-            raise ValueError(f"cannot read the transformer in {str(folder)!r}: {err}") from err
-        model = cls(config)
-        load_matching(model, state, str(folder))
-        return model

@@ -10,22 +10,17 @@ scaled by 1 / L^2 (L = groups x blocks) so that the deep stack starts close to t
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vqvae.losses import map_pixels, unmap_pixels
+from vqvae.pretrained import Pretrained
 from vqvae.quantizer import gumbel_softmax, hard_codes
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "model_config.json"
 
 
 @dataclass
@@ -160,8 +155,10 @@ class DVAEOutput(NamedTuple):
     vq_loss: torch.Tensor | None = None  # vq: codebook + 0.25 * commitment loss, else None
 
 
-class DiscreteVAE(nn.Module):
+class DiscreteVAE(Pretrained, nn.Module):
     """The image tokenizer: encode (B, 3, H, W) in [0, 1] -> (B, h, w) codes, and decode back."""
+
+    config_class, kind = DVAEConfig, "dVAE"
 
     def __init__(self, config: DVAEConfig):
         super().__init__()
@@ -251,54 +248,3 @@ class DiscreteVAE(nn.Module):
         embedded = self.decoder.embed_codes(codes.long())
         mu = self.decoder.layers(embedded)[:, :3]
         return unmap_pixels(torch.sigmoid(mu.float()))
-
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write model.safetensors and model_config.json into `folder`."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, folder / WEIGHTS_FILE)
-        (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=1))
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, map_location: str = "cpu") -> DiscreteVAE:
-        """Rebuild a dVAE from a folder written by save_pretrained (or a training checkpoint)."""
-        folder = Path(folder)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{str(folder)!r} is not a dVAE checkpoint: {name} missing")
-        try:
-            config = DVAEConfig(**json.loads((folder / CONFIG_FILE).read_text()))
-        except (json.JSONDecodeError, TypeError, ValueError) as err:
-            raise ValueError(
-                f"{str(folder / CONFIG_FILE)!r} is not a valid dVAE config: {err}"
-            ) from err
-        model = cls(config)
-        try:
-            state = load_file(folder / WEIGHTS_FILE, device=map_location)
-        except Exception as err:
-            raise ValueError(f"{str(folder / WEIGHTS_FILE)!r} is corrupt: {err}") from err
-        load_matching(model, state, str(folder))
-        return model
-
-
-def load_matching(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """load_state_dict that names the keys and shapes that do not fit the model's config."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        details = [
-            f"missing {missing[:3]}" * bool(missing),
-            f"unexpected {unexpected[:3]}" * bool(unexpected),
-        ]
-        details += [
-            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in wrong[:3]
-        ]
-        raise ValueError(
-            f"weights in {where!r} do not fit this model's config: "
-            + "; ".join(d for d in details if d)
-        )
-    model.load_state_dict(state)
