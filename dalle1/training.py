@@ -29,10 +29,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
+from dalle1 import distributed
 from dalle1.checkpoint import atomic_checkpoint, latest_checkpoint
 from dalle1.config import save_config
+from dalle1.distributed import distributed_context
 from dalle1.images import save_image
-from vqvae.pretrained import load_matching
+from vqvae.pretrained import check_fits
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +81,15 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
     num_workers: int = 0  # DataLoader worker processes
     tensorboard: bool = True  # write TensorBoard logs to run_dir/tensorboard
+    # Under torchrun: ddp (a whole model per process) or fsdp (parameters, gradients and
+    # optimizer state sharded across processes, for models that do not fit one device)
+    parallel: str = "ddp"
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.parallel not in distributed.PARALLEL_MODES:
+            raise ValueError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
         if self.max_steps < 1 or self.batch_size < 1:
             raise ValueError("max_steps and batch_size must be at least 1")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -169,15 +176,6 @@ class ResumableSampler(Sampler[int]):
         return len(self._indices())
 
 
-def distributed_context() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) outside torchrun."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class Trainer:
     """Runs the optimisation loop of one stage; see the module docstring."""
 
@@ -201,16 +199,26 @@ class Trainer:
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.dtype = autocast_dtype(config.precision, self.device)
+        self.ema_model = None
+        if config.ema_decay > 0:
+            self.ema_model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.sharded = self.world > 1 and config.parallel == "fsdp"
+        if self.sharded:  # before moving: only each rank's shards go to its device
+            for module in (model, self.ema_model):
+                if module is not None:
+                    distributed.shard(module)
         self.model = model.to(self.device)
-        self.train_model = self.model  # what step_fn gets: the DDP wrapper on many processes
-        if self.world > 1:
+        if self.ema_model is not None:
+            self.ema_model.to(self.device)
+        self.train_model = self.model  # what step_fn gets: the DDP wrapper under DDP
+        if self.world > 1 and not self.sharded:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
-        self.ema_model = None
-        if config.ema_decay > 0:
-            self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if self.world > 1 and self.rank == 0:
+            mode = "FSDP, sharded" if self.sharded else "DDP"
+            logger.info("training on %d processes (%s)", self.world, mode)
         self.optimizer = build_optimizer(self.model, optim)
         self.dataset = dataset
         self.sampler = None
@@ -246,19 +254,19 @@ class Trainer:
     # --- checkpoints -------------------------------------------------------------------------
 
     def save(self) -> Path | None:
-        """Write a checkpoint (rank 0 only; the others return None)."""
+        """Write a checkpoint: every rank gathers, rank 0 writes (the others return None)."""
+        weights = distributed.model_state(self.model)
+        ema_weights = distributed.model_state(self.ema_model) if self.ema_model else None
+        optimizer = distributed.optimizer_state(self.model, self.optimizer)
         if self.rank != 0:
             return None
         with atomic_checkpoint(
             self.checkpoint_root, self.step, self.config.keep_checkpoints
         ) as folder:
-            self.inference_model.save_pretrained(folder)
+            self.model.save_pretrained(folder, ema_weights or weights)
             if self.ema_model is not None:
-                state = {
-                    k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
-                }
-                save_file(state, folder / TRAIN_WEIGHTS_FILE)
-            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+                save_file(weights, folder / TRAIN_WEIGHTS_FILE)
+            torch.save(optimizer, folder / "optimizer.pt")
             torch.save(self._rng_state(), folder / "rng.pt")
             torch.save(self.stage_state, folder / "stage_state.pt")
             state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
@@ -269,29 +277,37 @@ class Trainer:
         return final
 
     def resume(self) -> bool:
-        """Load the newest checkpoint of run_dir, if any. Returns whether one was loaded."""
+        """Load the newest checkpoint of run_dir, if any. Returns whether one was loaded.
+
+        Rank 0 reads the weights and optimizer state and sends each rank its part; every rank
+        reads the small files (step, RNG), so run_dir must be on a file system they all see.
+        """
         folder = latest_checkpoint(self.checkpoint_root)
         if folder is None:
             return False
+        files, error = {}, None
+        if self.rank == 0:
+            try:
+                files = self._read_weights(folder)
+            except Exception as err:  # a corrupt file raises many kinds of errors
+                error = err if isinstance(err, ValueError) else ValueError(str(err))
+        if self.world > 1:  # the other ranks must not wait for weights that never come
+            message = [str(error) if error else None]
+            torch.distributed.broadcast_object_list(message, src=0)
+            error = error or (ValueError(message[0]) if message[0] else None)
+        if error is not None:
+            raise ValueError(f"cannot resume from {str(folder)!r}: {error}") from error
+        distributed.load_model_state(self.model, files.get("train", {}))
+        if self.ema_model is not None:
+            distributed.load_model_state(self.ema_model, files.get("inference", {}))
+        distributed.load_optimizer_state(self.model, self.optimizer, files.get("optimizer", {}))
         try:
-            inference = load_file(folder / "model.safetensors", device=str(self.device))
-            if self.ema_model is not None:
-                load_matching(self.ema_model, inference, str(folder))
-                train = load_file(folder / TRAIN_WEIGHTS_FILE, device=str(self.device))
-            else:
-                train = inference
-            load_matching(self.model, train, str(folder))
-            self.optimizer.load_state_dict(
-                torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True)
-            )
             rng = torch.load(folder / "rng.pt", weights_only=True)
             stage_state = torch.load(
                 folder / "stage_state.pt", map_location=self.device, weights_only=True
             )
             state = json.loads((folder / "state.json").read_text())
-        except ValueError:
-            raise
-        except Exception as err:  # a corrupt file raises many kinds of errors
+        except Exception as err:
             raise ValueError(f"cannot resume from {str(folder)!r}: {err}") from err
         self._set_rng_state(rng)
         for key, value in stage_state.items():  # in place: the stage holds these tensors
@@ -303,6 +319,17 @@ class Trainer:
         self.batch_in_epoch = state["batch_in_epoch"]
         logger.info("resumed from %s at step %d", folder, self.step)
         return True
+
+    def _read_weights(self, folder: Path) -> dict[str, dict]:
+        """The checkpoint's weights and optimizer state on the CPU, checked against the model."""
+        inference = load_file(folder / "model.safetensors")
+        files = {"inference": inference, "train": inference}
+        if self.ema_model is not None:
+            files["train"] = load_file(folder / TRAIN_WEIGHTS_FILE)
+        for weights in files.values():
+            check_fits(self.model, weights, str(folder))
+        files["optimizer"] = torch.load(folder / "optimizer.pt", weights_only=True)
+        return files
 
     def _rng_state(self) -> dict:
         state = {"torch": torch.get_rng_state(), "python": random.getstate()}
@@ -413,7 +440,7 @@ class Trainer:
                     sums, window_start, window_steps = {}, time.perf_counter(), 0
                 if (
                     eval_fn
-                    and self.rank == 0
+                    and (self.rank == 0 or self.sharded)  # sharded: every rank takes part
                     and config.eval_every
                     and (self.step % config.eval_every == 0 or self.step == config.max_steps)
                 ):
@@ -451,10 +478,12 @@ class Trainer:
             ema.copy_(live)
 
     def _evaluate(self, eval_fn: Callable) -> None:
-        self.inference_model.eval()
-        with torch.no_grad(), self.autocast():
-            scalars, images = eval_fn(self.inference_model, self.step)
+        model = self.inference_model.eval()
+        with torch.no_grad(), self.autocast(), distributed.gathered(model):
+            scalars, images = eval_fn(model, self.step)
         self._log("eval", scalars)
+        if self.rank != 0:
+            return
         for name, grid in images.items():
             save_image(grid, self.run_dir / "previews" / f"{name}_{self.step:07d}.png")
             if self.writer is not None:

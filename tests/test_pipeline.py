@@ -2,6 +2,7 @@
 two processes for the transformer stage; the errors a user meets on bad arguments."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 import train
 from dalle1.__main__ import main as dalle1_main
 from dalle1.data.shapes import ShapesConfig, write_split
+from dalle1.training import TRAIN_WEIGHTS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,9 +89,9 @@ def dalle_args(parts: Path, run_dir: Path, *overrides: str) -> list[str]:
     ]
 
 
-def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+def final_weights(run_dir: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
     last = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
-    return load_file(last / "model.safetensors")
+    return load_file(last / name)
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
@@ -114,6 +116,23 @@ def test_transformer_stage_resumes_exactly(parts, tmp_path):
     assert (tmp_path / "one" / "previews" / "samples_0000006.png").is_file()
 
 
+def torchrun(args: list[str]) -> str:
+    """Run train.py on 2 CPU processes (gloo); returns what it printed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "train.py"),
+        *args,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
 @pytest.mark.slow
 def test_two_processes_train_like_one_on_the_same_global_batch(parts, tmp_path):
     options = [
@@ -123,19 +142,37 @@ def test_two_processes_train_like_one_on_the_same_global_batch(parts, tmp_path):
         "train.eval_every=0",
     ]
     assert train.main(dalle_args(parts, tmp_path / "single", *options)) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(ROOT / "train.py"),
-        *dalle_args(parts, tmp_path / "ddp", *options),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    torchrun(dalle_args(parts, tmp_path / "ddp", *options))
     assert_same_weights(final_weights(tmp_path / "single"), final_weights(tmp_path / "ddp"))
+
+
+@pytest.mark.slow
+def test_sharded_training_saves_and_resumes_like_one_process(parts, tmp_path):
+    """FSDP on 2 processes, stopped and resumed, under FSDP and on one process, gives the weights,
+    EMA and optimizer steps of one uninterrupted process."""
+    options = [
+        "train.max_steps=4",
+        "train.checkpoint_every=2",
+        "train.eval_every=2",  # sampling under FSDP: every rank must take part
+        "train.ema_decay=0.9",
+        "data.bpe_dropout=0.3",
+        "data.caption_drop=0.3",
+    ]
+    assert train.main(dalle_args(parts, tmp_path / "single", *options)) == 0
+    sharded = dalle_args(parts, tmp_path / "fsdp", *options, "train.parallel=fsdp")
+    assert "training on 2 processes (FSDP, sharded)" in torchrun([*sharded, "train.max_steps=2"])
+    shutil.copytree(tmp_path / "fsdp", tmp_path / "fsdp_then_single")
+    torchrun([*sharded, "--resume"])
+    assert (tmp_path / "fsdp" / "previews" / "samples_0000004.png").is_file()
+    resume_alone = dalle_args(parts, tmp_path / "fsdp_then_single", *options, "--resume")
+    assert train.main(resume_alone) == 0
+    expected = final_weights(tmp_path / "single")
+    for run in ("fsdp", "fsdp_then_single"):
+        assert_same_weights(expected, final_weights(tmp_path / run))
+        assert_same_weights(
+            final_weights(tmp_path / "single", TRAIN_WEIGHTS_FILE),
+            final_weights(tmp_path / run, TRAIN_WEIGHTS_FILE),
+        )
 
 
 def test_sample_and_complete_write_reranked_grids(parts, tmp_path, capsys):

@@ -24,11 +24,16 @@ class Pretrained:
     config_class: type  # the model's config dataclass
     kind: str  # what the messages call it: "dVAE", "CLIP", ...
 
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write model.safetensors and model_config.json into `folder`."""
+    def save_pretrained(self, folder: str | Path, state: dict | None = None) -> None:
+        """Write model.safetensors and model_config.json into `folder`.
+
+        state: the weights to write when the module's own are sharded (see dalle1/distributed.py).
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        if state is None:
+            state = self.state_dict()
+        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         save_file(state, folder / WEIGHTS_FILE)
         (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=1))
 
@@ -62,7 +67,13 @@ class Pretrained:
 
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """load_state_dict that names the keys and shapes that do not fit the model's config."""
-    own = model.state_dict()
+    check_fits(model, state, where)
+    model.load_state_dict(state)
+
+
+def check_fits(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Raise a ValueError naming the keys and shapes of `state` that `model` does not have."""
+    own = model.state_dict()  # under FSDP, sharded tensors that report their whole shape
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
@@ -79,4 +90,3 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], where: str) 
             f"weights in {where!r} do not fit this model's config: "
             + "; ".join(d for d in details if d)
         )
-    model.load_state_dict(state)

@@ -5,8 +5,9 @@ the fly. Captions are tokenized with BPE dropout; with `data.caption_drop` > 0 t
 captions becomes the padding-only text, for classifier-free guidance at sampling. Every
 `train.eval_every` steps: the held-out loss and a grid of samples for fixed captions.
 
-Many processes: `torchrun --nproc_per_node=N train.py dalle ...` (gloo on CPU, NCCL on CUDA);
-`train.batch_size` is the global batch, each rank reads its own part, only rank 0 writes.
+Many processes: `torchrun --nproc_per_node=N train.py dalle ...` (gloo on CPU, NCCL on CUDA),
+with DDP or, `train.parallel=fsdp`, sharded (dalle1/distributed.py); `train.batch_size` is the
+global batch, each rank reads its own part, only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader
 from dalle1.checkpoint import resolve_checkpoint
 from dalle1.data import open_source
 from dalle1.data.token_cache import TokenCacheDataset
+from dalle1.distributed import init_distributed
 from dalle1.images import make_grid
 from dalle1.sampling import SamplingConfig, generate, padding_text
 from dalle1.stages.clip import load_tokenizer
@@ -68,17 +70,6 @@ class DALLERunConfig:
         )
     )
     train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/dalle"))
-
-
-def init_distributed() -> None:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1)."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
 
 
 def open_codes(source: str, dvae: DiscreteVAE, train: bool, seed: int):

@@ -1,0 +1,122 @@
+"""Training on many processes: DDP (every rank holds the whole model) or FSDP (each rank holds a
+shard of the parameters, gradients and optimizer state), and checkpoints that do not depend on it.
+
+`torchrun --nproc_per_node=N train.py STAGE ...` starts N processes; `train.parallel` picks
+`ddp` or `fsdp`. FSDP (torch's `fully_shard`) shards each transformer block and then the rest of
+the model, so a model whose weights, gradients and AdamW moments do not fit one device trains
+across several.
+
+Checkpoints always hold whole tensors keyed by parameter name, gathered onto rank 0's CPU memory
+and written by rank 0 only; on resume rank 0 reads them and sends each rank its part. So a run
+saved under FSDP on 8 processes resumes on 1, or under DDP, and the other way round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+PARALLEL_MODES = ("ddp", "fsdp")
+
+
+def init_distributed() -> None:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1): NCCL on CUDA, else gloo."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(model: nn.Module) -> None:
+    """FSDP in place: each of `model.blocks` is one unit, the rest of the model the root unit."""
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise ValueError(
+            f"train.parallel=fsdp shards a model's transformer blocks (a ModuleList named "
+            f"`blocks`); {type(model).__name__} has none. Use train.parallel=ddp."
+        )
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(model)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+@contextlib.contextmanager
+def gathered(model: nn.Module) -> Iterator[None]:
+    """Every parameter of a sharded model whole on every rank while inside (a no-op otherwise).
+
+    For evaluation and sampling, which call the model's parts directly rather than through
+    forward(); every rank must enter, since gathering is a collective.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.set_reshard_after_forward(False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(True)
+
+
+def _options(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    world = distributed_context()[1]
+    # Whole tensors on rank 0's CPU only (others get {}); on one process: the plain state.
+    return StateDictOptions(full_state_dict=True, cpu_offload=world > 1, **kwargs)
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Whole CPU tensors by name on rank 0 ({} on the others). Every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state = get_model_state_dict(model, options=_options())
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer state keyed by parameter name, whole, on rank 0. Every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_options())
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load whole tensors read by rank 0 ({} elsewhere) into each rank's model or shard."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    world = distributed_context()[1]
+    set_model_state_dict(model, state, options=_options(broadcast_from_rank0=world > 1))
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    world = distributed_context()[1]
+    set_optimizer_state_dict(
+        model, optimizer, state, options=_options(broadcast_from_rank0=world > 1)
+    )
