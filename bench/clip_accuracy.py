@@ -5,7 +5,9 @@ Two tests, on scenes drawn with another seed than the training data:
 - hard: the true scene among 7 that differ from it in exactly one attribute: colour, shape, size
   or position for one object; for pairs the relation reversed (the objects trade places), the
   colours or the shapes of the two objects swapped, or one object's colour or shape changed.
-Accuracy per kind of change tells what the reranker cannot see.
+Accuracy per kind of change tells what the reranker cannot see. For pairs also the other
+direction: how often the image scores its own caption above the caption with the colours swapped
+or the relation word reversed, and the mean cosine similarity of the two caption embeddings.
 
     python bench/clip_accuracy.py --clip runs/demo/clip --n 200
 """
@@ -95,6 +97,24 @@ def variants(scene: Scene, rng: random.Random, count: int = 7) -> list[tuple[str
     return out
 
 
+OPPOSITES = {"left": "right", "right": "left", "above": "below", "below": "above"}
+OPPOSITES.update({"over": "under", "under": "over", "beneath": "above"})
+
+
+def altered_captions(scene: Scene) -> dict[str, str]:
+    """The pair scene's caption with the colours swapped, and with the relation reversed."""
+    a, b = scene.objects
+    words = scene.caption.split(" ")
+    swap = {a.colour: b.colour, b.colour: a.colour}
+    reversed_words = list(words)
+    i = next(i for i, w in enumerate(words) if w in OPPOSITES)
+    reversed_words[i] = OPPOSITES[words[i]]
+    return {
+        "colours swapped": " ".join(swap.get(w, w) for w in words),
+        "relation reversed": " ".join(reversed_words),
+    }
+
+
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -147,6 +167,19 @@ def main() -> None:
         )
         for change, (h, t) in sorted(per_change.items()):
             print(f"        true scene scores above a '{change}' variant: {h / t:.1%} of {t}")
+        if kind == "pair":
+            results[kind]["image_to_text"] = {}
+            altered = [altered_captions(s) for s in scenes]
+            own = (image_emb * text_emb).sum(1)
+            for change in altered[0]:
+                other = model.encode_text(tokenizer.encode_batch([a[change] for a in altered]))
+                wins = (own > (image_emb * other).sum(1)).float().mean().item()
+                cosine = (text_emb * other).sum(1).mean().item()
+                results[kind]["image_to_text"][change] = {"wins": wins, "cosine": cosine}
+                print(
+                    f"        image scores its caption above the '{change}' one: {wins:.1%} "
+                    f"(caption cosine {cosine:.3f})"
+                )
     report = {
         "clip": str(checkpoint),
         "n": args.n,

@@ -100,15 +100,39 @@ class CLIP(Pretrained, nn.Module):
             )
         return F.normalize(self.text_encoder(self.token_embedding(text)).float(), dim=-1)
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Symmetric contrastive loss of a batch of matching (image, caption) pairs."""
-        image_emb, text_emb = self.encode_images(images), self.encode_text(text)
+    def forward(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        negatives: torch.Tensor | None = None,
+        has_negative: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict]:
+        """Symmetric contrastive loss of a batch of B matching (image, caption) pairs.
+
+        negatives: (B, T) ids of an altered caption per image (dalle1/caption_negatives.py),
+        extra wrong answers for every image in the image -> text half; has_negative (B,) bool
+        marks the rows that have one.
+        """
+        image_emb = self.encode_images(images)
+        if negatives is None:
+            text_emb = self.encode_text(text)
+        else:  # one pass over the true and the altered captions
+            text_emb, negative_emb = self.encode_text(torch.cat([text, negatives])).chunk(2)
         scale = self.log_scale.clamp(max=math.log(100)).exp()
         logits = scale * text_emb @ image_emb.t()  # (B captions, B images)
         labels = torch.arange(len(logits), device=logits.device)
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+        image_to_text = logits.t()  # (B images, B captions [+ B altered captions])
+        metrics = {}
+        if negatives is not None:
+            negative_logits = scale * image_emb @ negative_emb.t()
+            negative_logits = negative_logits.masked_fill(~has_negative[None, :], float("-inf"))
+            image_to_text = torch.cat([image_to_text, negative_logits], dim=1)
+            # how often an image prefers its own caption to the altered copy of it
+            wins = logits.diagonal() > negative_logits.diagonal()
+            metrics["negative_accuracy"] = wins[has_negative].float().mean().item()
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(image_to_text, labels)) / 2
         accuracy = (logits.argmax(1) == labels).float().mean()
-        return loss, {"text_to_image_accuracy": accuracy.item(), "scale": scale.item()}
+        return loss, {"text_to_image_accuracy": accuracy.item(), "scale": scale.item(), **metrics}
 
 
 @torch.no_grad()

@@ -256,14 +256,16 @@ class Trainer:
     def save(self) -> Path | None:
         """Write a checkpoint: every rank gathers, rank 0 writes (the others return None)."""
         weights = distributed.model_state(self.model)
-        ema_weights = distributed.model_state(self.ema_model) if self.ema_model else None
+        inference = weights  # what model.safetensors holds: the EMA weights when EMA is on
+        if self.ema_model is not None:
+            inference = distributed.model_state(self.ema_model)
         optimizer = distributed.optimizer_state(self.model, self.optimizer)
         if self.rank != 0:
             return None
         with atomic_checkpoint(
             self.checkpoint_root, self.step, self.config.keep_checkpoints
         ) as folder:
-            self.model.save_pretrained(folder, ema_weights or weights)
+            self.model.save_pretrained(folder, inference)
             if self.ema_model is not None:
                 save_file(weights, folder / TRAIN_WEIGHTS_FILE)
             torch.save(optimizer, folder / "optimizer.pt")

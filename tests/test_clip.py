@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dalle1.clip import CLIP, CLIPConfig, rerank
 from dalle1.tokenizer import TextTokenizer, train_tokenizer
@@ -86,3 +87,26 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path, tokenizer):
         CLIP.from_pretrained(tmp_path / "nothing")
     with pytest.raises(ValueError, match=r"expected images \(B, 3, 16, 16\)"):
         model.encode_images(torch.zeros(2, 3, 32, 32))
+
+
+def test_hard_negatives_join_the_image_to_text_half_of_the_loss(tokenizer):
+    images, captions, text = toy_set(tokenizer)
+    model = tiny_clip(tokenizer).eval()
+    altered = tokenizer.encode_batch([c.replace("square", "circle") for c in captions])
+    none = torch.zeros(len(text), dtype=torch.bool)
+    with torch.no_grad():
+        plain, _ = model(images, text)
+        masked, _ = model(images, text, altered, none)  # no row has a negative: same loss
+        loss, metrics = model(images, text, altered, ~none)
+        # By hand: each image picks its caption among the 4 captions and the 4 altered ones.
+        image_emb, text_emb = model.encode_images(images), model.encode_text(text)
+        scale = model.log_scale.exp()
+        logits = scale * text_emb @ image_emb.t()
+        image_to_text = torch.cat(
+            [logits.t(), scale * image_emb @ model.encode_text(altered).t()], 1
+        )
+        labels = torch.arange(len(text))
+        expected = (F.cross_entropy(logits, labels) + F.cross_entropy(image_to_text, labels)) / 2
+    torch.testing.assert_close(masked, plain)
+    torch.testing.assert_close(loss, expected)
+    assert loss > plain and 0 <= metrics["negative_accuracy"] <= 1

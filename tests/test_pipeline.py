@@ -68,10 +68,13 @@ def parts(tmp_path_factory):
                 f"train.run_dir={root / 'clip'}",
                 f"data.source={data}",
                 f"data.tokenizer={root / 'tok.model'}",
+                "data.hard_negative_groups=[[red, green, blue], [left, right]]",
             ]
         )
         == 0
     )
+    logged = (root / "clip" / "metrics.jsonl").read_text()
+    assert '"negative_accuracy"' in logged  # the hard negatives were in the loss
     return root
 
 

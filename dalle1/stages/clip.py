@@ -1,17 +1,21 @@
 """`python train.py clip`: train the CLIP reranker on captioned images.
 
 Logs the contrastive loss, the temperature and, on a held-out batch, the text -> image and
-image -> text top-1 retrieval accuracy among the batch.
+image -> text top-1 retrieval accuracy among the batch. With `data.hard_negative_groups`, each
+image also meets an altered copy of its caption (`negative_accuracy`: how often it prefers its
+own).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader
 
+from dalle1.caption_negatives import CaptionNegatives
 from dalle1.clip import CLIP, CLIPConfig
 from dalle1.data import open_source
 from dalle1.tokenizer import TextTokenizer
@@ -26,6 +30,10 @@ class CLIPDataConfig:
     eval_source: str | None = None  # held-out images for retrieval accuracy; None: from source
     eval_images: int = 64
     tokenizer: str = "runs/tokenizer.model"  # from `train.py tokenizer`
+    # Groups of interchangeable words, e.g. [[red, green, blue], [left, right]]: each caption
+    # gets an altered copy (two words of a group swapped, or one replaced) as a hard negative
+    # for its image; see dalle1/caption_negatives.py. Empty: off.
+    hard_negative_groups: list[list[str]] = field(default_factory=list)
 
 
 @dataclass
@@ -79,10 +87,19 @@ def train_clip(config: CLIPRunConfig, resume: bool = False) -> Trainer:
     if resume and not trainer.resume():
         logger.info("no checkpoint in %s: starting from scratch", trainer.checkpoint_root)
 
+    negatives = CaptionNegatives(config.data.hard_negative_groups)
+
     def step_fn(model: CLIP, batch, step: int):
         images, captions = batch
         text = tokenizer.encode_batch(list(captions)).to(trainer.device)
-        return model(images.to(trainer.device), text)
+        if not config.data.hard_negative_groups:
+            return model(images.to(trainer.device), text)
+        # Seeded by (seed, step): the same negatives after a resume.
+        rng = random.Random(config.train.seed * 1_000_003 + step)
+        altered = [negatives.make(c, rng) for c in captions]
+        has_negative = torch.tensor([a is not None for a in altered], device=trainer.device)
+        negative_text = tokenizer.encode_batch([a or "" for a in altered]).to(trainer.device)
+        return model(images.to(trainer.device), text, negative_text, has_negative)
 
     def eval_fn(model: CLIP, step: int):
         accuracy = retrieval_accuracy(
