@@ -154,8 +154,13 @@ def main() -> None:
             hard_hits += int(scores.argmax() == 0)
             for k, (change, _) in enumerate(changed):  # true beats this one variant?
                 won = bool(scores[0] > scores[k + 1])
-                hits, total = per_change.get(change, (0, 0))
-                per_change[change] = (hits + won, total + 1)
+                kinds = [change]
+                if change == "reversed":  # also apart by axis
+                    axis = "left/right" if scene.relation in ("left of", "right of") else "up/down"
+                    kinds.append(f"reversed {axis}")
+                for kind_of_change in kinds:
+                    hits, total = per_change.get(kind_of_change, (0, 0))
+                    per_change[kind_of_change] = (hits + won, total + 1)
         results[kind] = {
             "random_32_top1": random_hits / args.n,
             "hard_8_top1": hard_hits / args.n,

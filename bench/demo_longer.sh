@@ -2,7 +2,7 @@
 # The demo pipeline trained longer: CLIP 1,000 steps (demo: 300) and the transformer 3,000 steps
 # (demo: 800), reusing the data, tokenizer, dVAE and token caches of `make demo` (runs/demo).
 # Then the benchmark of every suite, and of single and pair with guidance scale 3.
-# About 27 minutes on a 2-core CPU.
+# About 31 minutes on a 2-core CPU.
 set -e
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python

@@ -102,8 +102,12 @@ class SelfAttention(nn.Module):
     ) -> torch.Tensor:
         batch, length, dim = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        if masks is None or self.kind is None:
+        if self.kind is None:
             out = F.scaled_dot_product_attention(q, k, v)
+        elif masks is None:  # no stream layout: plain causal (CLIP's text encoder)
+            if self.kind != "causal":
+                raise ValueError(f"a {self.kind!r} attention layer needs the stream's masks")
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         elif cache is not None:
             k, v = cache.update(layer, start, k, v)
             mask = masks.dense(self.kind)[start : start + length, : start + length]

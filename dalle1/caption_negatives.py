@@ -11,6 +11,10 @@ Beside each image's caption the CLIP stage adds one altered copy as an extra wro
 
 Words of one group must differ in meaning: a group holding synonyms ("over", "above") would make
 negatives that are true.
+
+mirror_caption() gives the caption of the image flipped left to right ("left" <-> "right"): the
+mirrored scene joins the batch as one more (image, caption) pair, so each of the two is the
+other's hardest negative in both directions.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ class CaptionNegatives:
         group. Each possible swap and each word that can be replaced is equally likely to be
         the change; a replaced word becomes any other word of its groups."""
         words = caption.lower().split(" ")
-        bare = [w.strip(",.;:!?") for w in words]
+        bare = caption_words(caption)
         places = [i for i, w in enumerate(bare) if w in self.alternatives]
         changes = [
             ("swap", i, j)
@@ -54,3 +58,24 @@ class CaptionNegatives:
             new[i] = rng.choice(sorted(self.alternatives[bare[i]]))
         # Put back the punctuation that was stripped from each changed word.
         return " ".join(w.replace(b, n, 1) for w, b, n in zip(words, bare, new, strict=True))
+
+
+def caption_words(caption: str) -> list[str]:
+    """The lower-cased words of a caption, punctuation stripped."""
+    return [w.strip(",.;:!?") for w in caption.lower().split(" ")]
+
+
+def mirror_caption(caption: str, pairs: list[list[str]]) -> str | None:
+    """The lower-cased caption with the words of each pair swapped, e.g. [["left", "right"]];
+    None when it holds none of them (its mirrored image would fit it too)."""
+    swap = {}
+    for a, b in pairs:
+        swap[a.lower()], swap[b.lower()] = b.lower(), a.lower()
+    words = caption.lower().split(" ")
+    bare = caption_words(caption)
+    if not any(w in swap for w in bare):
+        return None
+    swapped = [
+        w.replace(b, swap[b], 1) if b in swap else w for w, b in zip(words, bare, strict=True)
+    ]
+    return " ".join(swapped)

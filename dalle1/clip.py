@@ -1,11 +1,11 @@
 """A small CLIP (Radford et al. 2021) for reranking samples: which image fits a caption best.
 
 Image encoder: a conv stem that cuts the image into patch_size x patch_size patches, then a
-transformer over the patches and a class token. Text encoder: a transformer over the caption's
-ids (the same tokenizer as the DALL-E model, padding per position) and a class token. Both class
-tokens are projected into one embedding space; a learned temperature scales their cosine
-similarities, and the loss is the symmetric cross-entropy of matching captions to images in a
-batch.
+transformer over the patches and a class token. Text encoder: a causal transformer over the
+caption's ids (the same tokenizer as the DALL-E model, padding per position) with a class token
+last. Both class tokens are projected into one embedding space; a learned temperature scales
+their cosine similarities, and the loss is the symmetric cross-entropy of matching captions to
+images in a batch.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class CLIPConfig:
     layers: int = 4  # per encoder
     heads: int = 4
     embed_dim: int = 128  # the shared embedding space
+    causal_text: bool = True  # causal text encoder read at its last token (see Encoder)
 
     def __post_init__(self) -> None:
         if self.patch_size % 4 or self.image_size % self.patch_size:
@@ -44,22 +45,31 @@ class CLIPConfig:
 
 
 class Encoder(nn.Module):
-    """Transformer over (B, L, width) tokens with a class token -> (B, embed_dim)."""
+    """Transformer over (B, L, width) tokens with a class token -> (B, embed_dim).
 
-    def __init__(self, config: CLIPConfig, length: int) -> None:
+    causal: each token attends to the ones before it and the class token comes last. Used for
+    text (as CLIP does): without it the encoder starts out nearly blind to word order and learned
+    "a red circle left of a blue square" = "a blue circle left of a red square" (README, CLIP).
+    """
+
+    def __init__(self, config: CLIPConfig, length: int, causal: bool = False) -> None:
         super().__init__()
+        self.causal = causal
         self.class_token = nn.Parameter(torch.randn(config.width) * 0.02)
         self.positions = nn.Parameter(torch.randn(length + 1, config.width) * 0.02)
-        self.blocks = nn.ModuleList(Block(config.width, config.heads) for _ in range(config.layers))
+        kind = "causal" if causal else None
+        self.blocks = nn.ModuleList(
+            Block(config.width, config.heads, kind=kind) for _ in range(config.layers)
+        )
         self.norm = nn.LayerNorm(config.width)
         self.proj = nn.Linear(config.width, config.embed_dim, bias=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         cls = self.class_token.expand(tokens.shape[0], 1, -1)
-        x = torch.cat([cls, tokens], dim=1) + self.positions
+        x = torch.cat([tokens, cls] if self.causal else [cls, tokens], dim=1) + self.positions
         for block in self.blocks:
             x = block(x)
-        return self.proj(self.norm(x[:, 0]))
+        return self.proj(self.norm(x[:, -1] if self.causal else x[:, 0]))
 
 
 class CLIP(Pretrained, nn.Module):
@@ -81,7 +91,7 @@ class CLIP(Pretrained, nn.Module):
         patches = (config.image_size // p) ** 2
         self.image_encoder = Encoder(config, patches)
         self.token_embedding = nn.Embedding(config.text_vocab_size + config.text_length, w)
-        self.text_encoder = Encoder(config, config.text_length)
+        self.text_encoder = Encoder(config, config.text_length, causal=config.causal_text)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,13 @@
-"""Hard negative captions: one swap or one replacement, punctuation kept, never the caption."""
+"""Hard negative captions: one swap or one replacement, punctuation kept, never the caption;
+mirrored captions and images."""
 
 import random
 
 import pytest
+import torch
 
-from dalle1.caption_negatives import CaptionNegatives
+from dalle1.caption_negatives import CaptionNegatives, mirror_caption
+from dalle1.stages.clip import add_mirrored
 
 
 def all_negatives(negatives: CaptionNegatives, caption: str, draws: int = 200) -> set:
@@ -49,3 +52,19 @@ def test_same_seed_same_negatives():
     caption = "a red circle above a green square"
     first = [negatives.make(caption, random.Random(7)) for _ in range(3)]
     assert len(set(first)) == 1
+
+
+def test_mirrored_captions_swap_the_pair_words_and_the_batch_gets_flipped_images():
+    pairs = [["left", "right"]]
+    assert mirror_caption("A red circle left of a blue square", pairs) == (
+        "a red circle right of a blue square"
+    )
+    assert mirror_caption("in the top right, a cat", pairs) == "in the top left, a cat"
+    assert mirror_caption("a red circle above a blue square", pairs) is None
+    images = torch.rand(3, 3, 4, 4)
+    captions = ["a circle on the left", "a square in the middle", "on the right"]
+    out, out_captions = add_mirrored(images, captions, pairs)
+    assert out_captions == [*captions, "a circle on the right", "on the left"]
+    torch.testing.assert_close(out[:3], images)
+    torch.testing.assert_close(out[3], images[0].flip(-1))  # left-right: the last axis
+    torch.testing.assert_close(out[4, :, :, 0], images[2, :, :, -1])

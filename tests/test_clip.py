@@ -110,3 +110,19 @@ def test_hard_negatives_join_the_image_to_text_half_of_the_loss(tokenizer):
     torch.testing.assert_close(masked, plain)
     torch.testing.assert_close(loss, expected)
     assert loss > plain and 0 <= metrics["negative_accuracy"] <= 1
+
+
+def test_text_encoder_is_causal_and_read_at_its_last_token(tokenizer):
+    model = tiny_clip(tokenizer).eval()
+    encoder = model.text_encoder
+    assert model.config.causal_text and encoder.causal
+    tokens = torch.randn(2, model.config.text_length, model.config.width)
+    changed = tokens.clone()
+    changed[:, 5:] = torch.randn_like(changed[:, 5:])
+    with torch.no_grad():
+        x, y = tokens + encoder.positions[:-1], changed + encoder.positions[:-1]
+        for block in encoder.blocks:
+            x, y = block(x), block(y)
+        # Positions before the change see nothing of it; the class token (last) sees all.
+        torch.testing.assert_close(x[:, :5], y[:, :5])
+        assert not torch.allclose(encoder(tokens), encoder(changed))

@@ -8,6 +8,7 @@ from dalle1.stages.vqvae import DVAELossConfig, VQVAERunConfig, dvae_loss
 from vqvae.losses import (
     batch_diversity_gap,
     codebook_usage,
+    gradient_mse,
     kl_to_uniform,
     logit_laplace_nll,
     map_pixels,
@@ -90,6 +91,32 @@ def test_logit_laplace_nll_by_hand():
         torch.full((1, 3, 2, 2), x), torch.full((1, 3, 2, 2), mu), torch.full((1, 3, 2, 2), log_b)
     )
     assert value.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_gradient_mse_by_hand():
+    images = torch.rand(2, 3, 5, 5)
+    assert gradient_mse(images + 0.3, images).item() == pytest.approx(0.0, abs=1e-6)
+    # A vertical edge one pixel wide: the only difference is at the edge, 1 of 4 column steps.
+    edge = torch.zeros(1, 1, 2, 5)
+    edge[..., 2:] = 1.0
+    assert gradient_mse(edge, torch.zeros_like(edge)).item() == pytest.approx(0.25)
+    # Blurring the edge over two steps halves each step: (0.5^2 + 0.5^2) / 4 vs 1 / 4.
+    blurred = torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]).expand(1, 1, 2, 5)
+    assert gradient_mse(blurred, edge).item() == pytest.approx((0.25 + 0.25) / 4)
+
+
+def test_edge_term_joins_the_loss_and_is_logged():
+    torch.manual_seed(0)
+    model = DiscreteVAE(TINY)
+    images = torch.rand(2, 3, 16, 16)
+    torch.manual_seed(1)
+    plain, metrics = dvae_loss(model, images, 1.0, 0.5, DVAELossConfig(reconstruction="mse"))
+    torch.manual_seed(1)  # the same Gumbel noise
+    with_edges, edge_metrics = dvae_loss(
+        model, images, 1.0, 0.5, DVAELossConfig(reconstruction="mse", edge_weight=2.0)
+    )
+    assert "edge" not in metrics
+    assert with_edges.item() == pytest.approx(plain.item() + 2.0 * edge_metrics["edge"], rel=1e-5)
 
 
 def test_kl_to_uniform_by_hand():

@@ -3,7 +3,8 @@
 Logs the contrastive loss, the temperature and, on a held-out batch, the text -> image and
 image -> text top-1 retrieval accuracy among the batch. With `data.hard_negative_groups`, each
 image also meets an altered copy of its caption (`negative_accuracy`: how often it prefers its
-own).
+own); with `data.mirror_words`, scenes whose captions say left or right also join the batch
+mirrored.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader
 
-from dalle1.caption_negatives import CaptionNegatives
+from dalle1.caption_negatives import CaptionNegatives, mirror_caption
 from dalle1.clip import CLIP, CLIPConfig
 from dalle1.data import open_source
 from dalle1.tokenizer import TextTokenizer
@@ -34,6 +35,9 @@ class CLIPDataConfig:
     # gets an altered copy (two words of a group swapped, or one replaced) as a hard negative
     # for its image; see dalle1/caption_negatives.py. Empty: off.
     hard_negative_groups: list[list[str]] = field(default_factory=list)
+    # Word pairs a left-right mirror swaps, e.g. [[left, right]]: each image whose caption holds
+    # one joins the batch flipped, with the words swapped. Empty: off.
+    mirror_words: list[list[str]] = field(default_factory=list)
 
 
 @dataclass
@@ -69,6 +73,19 @@ def retrieval_accuracy(model: CLIP, images: torch.Tensor, text: torch.Tensor) ->
     }
 
 
+def add_mirrored(
+    images: torch.Tensor, captions: list[str], pairs: list[list[str]]
+) -> tuple[torch.Tensor, list[str]]:
+    """(B, 3, S, S) images and their captions, followed by the left-right mirror of each one
+    whose caption changes under it (see mirror_caption): (B + M, 3, S, S), B + M captions."""
+    mirrored = [mirror_caption(c, pairs) for c in captions]
+    keep = [i for i, m in enumerate(mirrored) if m is not None]
+    if not keep:
+        return images, captions
+    flipped = images[keep].flip(-1)
+    return torch.cat([images, flipped]), captions + [mirrored[i] for i in keep]
+
+
 def train_clip(config: CLIPRunConfig, resume: bool = False) -> Trainer:
     torch.manual_seed(config.train.seed)
     tokenizer = load_tokenizer(
@@ -87,19 +104,24 @@ def train_clip(config: CLIPRunConfig, resume: bool = False) -> Trainer:
     if resume and not trainer.resume():
         logger.info("no checkpoint in %s: starting from scratch", trainer.checkpoint_root)
 
-    negatives = CaptionNegatives(config.data.hard_negative_groups)
+    data = config.data
+    negatives = CaptionNegatives(data.hard_negative_groups)
 
     def step_fn(model: CLIP, batch, step: int):
         images, captions = batch
-        text = tokenizer.encode_batch(list(captions)).to(trainer.device)
-        if not config.data.hard_negative_groups:
-            return model(images.to(trainer.device), text)
+        captions = list(captions)
+        if data.mirror_words:
+            images, captions = add_mirrored(images, captions, data.mirror_words)
+        text = tokenizer.encode_batch(captions).to(trainer.device)
+        images = images.to(trainer.device)
+        if not data.hard_negative_groups:
+            return model(images, text)
         # Seeded by (seed, step): the same negatives after a resume.
         rng = random.Random(config.train.seed * 1_000_003 + step)
         altered = [negatives.make(c, rng) for c in captions]
         has_negative = torch.tensor([a is not None for a in altered], device=trainer.device)
         negative_text = tokenizer.encode_batch([a or "" for a in altered]).to(trainer.device)
-        return model(images.to(trainer.device), text, negative_text, has_negative)
+        return model(images, text, negative_text, has_negative)
 
     def eval_fn(model: CLIP, step: int):
         accuracy = retrieval_accuracy(

@@ -25,6 +25,7 @@ from dalle1.training import OptimConfig, TrainConfig, Trainer
 from vqvae.losses import (
     batch_diversity_gap,
     codebook_usage,
+    gradient_mse,
     kl_to_uniform,
     logit_laplace_nll,
     map_pixels,
@@ -59,6 +60,7 @@ class DVAELossConfig:
     tau_steps: int = 150000
     diversity_weight: float = 0.0  # weight of batch_diversity_gap, against codebook collapse
     restart_dead_codes_every: int = 0  # steps between restarts of unused codes; 0 = never
+    edge_weight: float = 0.0  # weight of gradient_mse (sharper outlines); 0 = off
 
     def __post_init__(self) -> None:
         if self.reconstruction not in ("logit_laplace", "mse"):
@@ -83,8 +85,9 @@ def dvae_loss(
 ) -> tuple[torch.Tensor, dict]:
     """The ELB-style loss of one batch. images: (B, 3, H, W) in [0, 1]."""
     out = model(images, tau)
+    reconstruction = unmap_pixels(torch.sigmoid(out.mu.float()))
     if loss.reconstruction == "mse":
-        nll = F.mse_loss(unmap_pixels(torch.sigmoid(out.mu.float())), images.float())
+        nll = F.mse_loss(reconstruction, images.float())
     else:
         nll = logit_laplace_nll(map_pixels(images), out.mu, out.log_b)
     if out.vq_loss is not None:  # vq quantizer: codebook + commitment terms instead of a prior
@@ -97,6 +100,10 @@ def dvae_loss(
         total = nll + beta * kl * latents_per_subpixel + loss.diversity_weight * diversity_gap
         metrics = {"recon": nll.item(), "kl": kl.item(), "diversity_gap": diversity_gap.item()}
         metrics |= {"beta": beta, "tau": tau}
+    if loss.edge_weight > 0:
+        edge = gradient_mse(reconstruction, images)
+        total = total + loss.edge_weight * edge
+        metrics["edge"] = edge.item()
     metrics["perplexity"], _ = codebook_usage(out.codes, model.config.codebook_size)
     return total, metrics | {"codes": out.codes}
 
