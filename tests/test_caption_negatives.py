@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dalle1.caption_negatives import CaptionNegatives, mirror_caption
-from dalle1.stages.clip import add_mirrored
+from dalle1.stages.clip import CLIPDataConfig, add_mirrored
 
 
 def all_negatives(negatives: CaptionNegatives, caption: str, draws: int = 200) -> set:
@@ -68,3 +68,8 @@ def test_mirrored_captions_swap_the_pair_words_and_the_batch_gets_flipped_images
     torch.testing.assert_close(out[:3], images)
     torch.testing.assert_close(out[3], images[0].flip(-1))  # left-right: the last axis
     torch.testing.assert_close(out[4, :, :, 0], images[2, :, :, -1])
+
+
+def test_mirror_words_must_be_pairs():
+    with pytest.raises(ValueError, match="pairs of two different words"):
+        CLIPDataConfig(mirror_words=[["left", "right", "centre"]])

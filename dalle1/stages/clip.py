@@ -39,6 +39,11 @@ class CLIPDataConfig:
     # one joins the batch flipped, with the words swapped. Empty: off.
     mirror_words: list[list[str]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        for pair in self.mirror_words:
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ValueError(f"mirror_words takes pairs of two different words, got {pair}")
+
 
 @dataclass
 class CLIPRunConfig:
