@@ -70,6 +70,15 @@ def test_mirrored_captions_swap_the_pair_words_and_the_batch_gets_flipped_images
     torch.testing.assert_close(out[4, :, :, 0], images[2, :, :, -1])
 
 
+def test_top_to_bottom_flips_skip_the_captions_a_flip_makes_false():
+    pairs = [["top", "bottom"], ["above", "below"]]
+    images = torch.rand(2, 3, 4, 4)
+    captions = ["a circle above a square", "a triangle above a square"]
+    out, out_captions = add_mirrored(images, captions, pairs, dim=-2, unless=["triangle"])
+    assert out_captions == [*captions, "a circle below a square"]
+    torch.testing.assert_close(out[2, :, 0], images[0, :, -1])  # top row <- bottom row
+
+
 def test_mirror_words_must_be_pairs():
     with pytest.raises(ValueError, match="pairs of two different words"):
         CLIPDataConfig(mirror_words=[["left", "right", "centre"]])

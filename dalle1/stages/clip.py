@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader
 
-from dalle1.caption_negatives import CaptionNegatives, mirror_caption
+from dalle1.caption_negatives import CaptionNegatives, caption_words, mirror_caption
 from dalle1.clip import CLIP, CLIPConfig
 from dalle1.data import open_source
 from dalle1.tokenizer import TextTokenizer
@@ -38,11 +38,17 @@ class CLIPDataConfig:
     # Word pairs a left-right mirror swaps, e.g. [[left, right]]: each image whose caption holds
     # one joins the batch flipped, with the words swapped. Empty: off.
     mirror_words: list[list[str]] = field(default_factory=list)
+    # The same top to bottom, e.g. [[top, bottom], [above, below]], except for captions holding
+    # a word of flip_unless (what a flip makes false, e.g. a triangle turned over). Empty: off.
+    flip_words: list[list[str]] = field(default_factory=list)
+    flip_unless: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for pair in self.mirror_words:
+        for pair in self.mirror_words + self.flip_words:
             if len(pair) != 2 or pair[0] == pair[1]:
-                raise ValueError(f"mirror_words takes pairs of two different words, got {pair}")
+                raise ValueError(
+                    f"mirror_words and flip_words take pairs of two different words, got {pair}"
+                )
 
 
 @dataclass
@@ -79,15 +85,23 @@ def retrieval_accuracy(model: CLIP, images: torch.Tensor, text: torch.Tensor) ->
 
 
 def add_mirrored(
-    images: torch.Tensor, captions: list[str], pairs: list[list[str]]
+    images: torch.Tensor,
+    captions: list[str],
+    pairs: list[list[str]],
+    dim: int = -1,
+    unless: list[str] | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
-    """(B, 3, S, S) images and their captions, followed by the left-right mirror of each one
-    whose caption changes under it (see mirror_caption): (B + M, 3, S, S), B + M captions."""
-    mirrored = [mirror_caption(c, pairs) for c in captions]
+    """(B, 3, S, S) images and their captions, followed by the mirror along `dim` (-1: left to
+    right, -2: top to bottom) of each one whose caption changes under it (see mirror_caption)
+    and holds no word of `unless`: (B + M, 3, S, S), B + M captions."""
+    mirrored = [
+        None if not set(caption_words(c)).isdisjoint(unless or []) else mirror_caption(c, pairs)
+        for c in captions
+    ]
     keep = [i for i, m in enumerate(mirrored) if m is not None]
     if not keep:
         return images, captions
-    flipped = images[keep].flip(-1)
+    flipped = images[keep].flip(dim)
     return torch.cat([images, flipped]), captions + [mirrored[i] for i in keep]
 
 
@@ -117,6 +131,10 @@ def train_clip(config: CLIPRunConfig, resume: bool = False) -> Trainer:
         captions = list(captions)
         if data.mirror_words:
             images, captions = add_mirrored(images, captions, data.mirror_words)
+        if data.flip_words:
+            images, captions = add_mirrored(
+                images, captions, data.flip_words, dim=-2, unless=data.flip_unless
+            )
         text = tokenizer.encode_batch(captions).to(trainer.device)
         images = images.to(trainer.device)
         if not data.hard_negative_groups:
