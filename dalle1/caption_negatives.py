@@ -38,7 +38,6 @@ class CaptionNegatives:
         """One altered copy of the lower-cased caption, or None when no word of it is in a
         group. Each possible swap and each word that can be replaced is equally likely to be
         the change; a replaced word becomes any other word of its groups."""
-        words = caption.lower().split(" ")
         bare = caption_words(caption)
         places = [i for i, w in enumerate(bare) if w in self.alternatives]
         changes = [
@@ -56,13 +55,19 @@ class CaptionNegatives:
             new[i], new[j] = bare[j], bare[i]
         else:
             new[i] = rng.choice(sorted(self.alternatives[bare[i]]))
-        # Put back the punctuation that was stripped from each changed word.
-        return " ".join(w.replace(b, n, 1) for w, b, n in zip(words, bare, new, strict=True))
+        return with_words(caption, new)
 
 
 def caption_words(caption: str) -> list[str]:
     """The lower-cased words of a caption, punctuation stripped."""
     return [w.strip(",.;:!?") for w in caption.lower().split(" ")]
+
+
+def with_words(caption: str, new: list[str]) -> str:
+    """The lower-cased caption with its caption_words() replaced by `new`, punctuation kept."""
+    words = caption.lower().split(" ")
+    bare = caption_words(caption)
+    return " ".join(w.replace(b, n, 1) for w, b, n in zip(words, bare, new, strict=True))
 
 
 def mirror_caption(caption: str, pairs: list[list[str]]) -> str | None:
@@ -71,11 +76,7 @@ def mirror_caption(caption: str, pairs: list[list[str]]) -> str | None:
     swap = {}
     for a, b in pairs:
         swap[a.lower()], swap[b.lower()] = b.lower(), a.lower()
-    words = caption.lower().split(" ")
     bare = caption_words(caption)
     if not any(w in swap for w in bare):
         return None
-    swapped = [
-        w.replace(b, swap[b], 1) if b in swap else w for w, b in zip(words, bare, strict=True)
-    ]
-    return " ".join(swapped)
+    return with_words(caption, [swap.get(w, w) for w in bare])
