@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The demo pipeline trained longer: CLIP 1,000 steps (demo: 300) and the transformer 3,000 steps
+# The demo pipeline trained longer: CLIP 2,000 steps (demo: 300) and the transformer 3,000 steps
 # (demo: 800), reusing the data, tokenizer, dVAE and token caches of `make demo` (runs/demo).
 # Then the benchmark of every suite, and of single and pair with guidance scale 3.
-# About 31 minutes on a 2-core CPU.
+# About an hour on a 2-core CPU.
 set -e
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 D=runs/demo
-$PY train.py clip --config configs/clip_shapes.yaml data.source=$D/data/train data.eval_source=$D/data/pair data.tokenizer=$D/tokenizer.model train.run_dir=runs/demo_longer/clip train.max_steps=1000
+$PY train.py clip --config configs/clip_shapes.yaml data.source=$D/data/train data.eval_source=$D/data/pair data.tokenizer=$D/tokenizer.model train.run_dir=runs/demo_longer/clip train.max_steps=2000
 $PY train.py dalle --config configs/dalle_shapes.yaml data.source=$D/cache/train data.eval_source=$D/cache/single data.vqvae=$D/vqvae data.tokenizer=$D/tokenizer.model data.clip=runs/demo_longer/clip train.run_dir=runs/demo_longer/dalle train.max_steps=3000
 for s in single pair novel completion; do
   d=$s; [ $s = completion ] && d=pair

@@ -67,7 +67,7 @@ def from_dict(cls: type[T], data: dict | None, prefix: str = "") -> T:
         if key not in fields:
             where = f"{prefix}{key}"
             close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
+            hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
             valid = ", ".join(fields)
             raise ConfigError(f"unknown config key {where!r}{hint}; valid keys here: {valid}")
     kwargs = {}

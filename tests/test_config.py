@@ -1,9 +1,13 @@
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import yaml
 
 from dalle1.config import ConfigError, from_dict, load_config, parse_override, save_config
+from dalle1.stages.clip import CLIPRunConfig
+from dalle1.stages.dalle import DALLERunConfig
+from dalle1.stages.vqvae import VQVAERunConfig
 
 
 @dataclass
@@ -42,7 +46,10 @@ def test_defaults_file_and_overrides_stack(tmp_path):
 
 
 def test_unknown_key_is_named_with_a_suggestion():
-    with pytest.raises(ConfigError, match=r"unknown config key 'model.num_layer'.*num_layers"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown config key 'model.num_layer' \(did you mean 'model.num_layers'\?\)",
+    ):
         load_config(Run, None, ["model.num_layer=3"])
     with pytest.raises(ConfigError, match="unknown config key 'nope'"):
         load_config(Run, None, ["nope=1"])
@@ -102,3 +109,13 @@ class Stage:
 def test_partial_section_keeps_the_parent_defaults():
     config = from_dict(Stage, {"train": {"num_heads": 4}})
     assert (config.train.num_layers, config.train.name, config.train.num_heads) == (12, "stage", 4)
+
+
+def test_every_shipped_config_loads():
+    """A misspelt key or wrong type in configs/*.yaml would stop `make demo` or a user's run."""
+    classes = {"vqvae": VQVAERunConfig, "clip": CLIPRunConfig, "dalle": DALLERunConfig}
+    paths = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert len(paths) == 8
+    for path in paths:
+        config = load_config(classes[path.stem.split("_")[0]], path)
+        assert config.train.max_steps > 0, path
