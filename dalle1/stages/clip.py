@@ -3,8 +3,8 @@
 Logs the contrastive loss, the temperature and, on a held-out batch, the text -> image and
 image -> text top-1 retrieval accuracy among the batch. With `data.hard_negative_groups`, each
 image also meets an altered copy of its caption (`negative_accuracy`: how often it prefers its
-own); with `data.mirror_words`, scenes whose captions say left or right also join the batch
-mirrored.
+own); with `data.mirror_words` (`data.flip_words`), scenes whose captions say left or right
+(above or below) also join the batch mirrored left to right (flipped top to bottom).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def add_mirrored(
     right, -2: top to bottom) of each one whose caption changes under it (see mirror_caption)
     and holds no word of `unless`: (B + M, 3, S, S), B + M captions."""
     mirrored = [
-        None if not set(caption_words(c)).isdisjoint(unless or []) else mirror_caption(c, pairs)
+        mirror_caption(c, pairs) if set(caption_words(c)).isdisjoint(unless or ()) else None
         for c in captions
     ]
     keep = [i for i, m in enumerate(mirrored) if m is not None]
