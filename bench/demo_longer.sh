@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo pipeline trained longer: CLIP 2,000 steps (demo: 300) and the transformer 3,000 steps
-# (demo: 800), reusing the data, tokenizer, dVAE and token caches of `make demo` (runs/demo).
+# of 32 (demo: 1,600 of 16), reusing the data, tokenizer, dVAE and token caches of `make demo`
+# (runs/demo).
 # Then the benchmark of every suite, of single and pair with guidance scale 3, and reranked grids
 # (best 8 of 32) for the demo's six sample captions. About 45 minutes on a 2-core CPU.
 set -e
@@ -8,7 +9,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 D=runs/demo
 $PY train.py clip --config configs/clip_shapes.yaml data.source=$D/data/train data.eval_source=$D/data/pair data.tokenizer=$D/tokenizer.model train.run_dir=runs/demo_longer/clip train.max_steps=2000
-$PY train.py dalle --config configs/dalle_shapes.yaml data.source=$D/cache/train data.eval_source=$D/cache/single data.vqvae=$D/vqvae data.tokenizer=$D/tokenizer.model data.clip=runs/demo_longer/clip train.run_dir=runs/demo_longer/dalle train.max_steps=3000
+$PY train.py dalle --config configs/dalle_shapes.yaml data.source=$D/cache/train data.eval_source=$D/cache/single data.vqvae=$D/vqvae data.tokenizer=$D/tokenizer.model data.clip=runs/demo_longer/clip train.run_dir=runs/demo_longer/dalle train.batch_size=32 train.max_steps=3000
 for s in single pair novel completion; do
   d=$s; [ $s = completion ] && d=pair
   $PY -m dalle1 eval --run runs/demo_longer/dalle --suite $s --data $D/data/$d --n 50 --candidates 16 --keep 4 --json runs/demo_longer/eval_$s.json
