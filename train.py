@@ -4,13 +4,15 @@ Stages:
     shapes     write a split of the procedural shapes data (images, captions, specs)
     tokenizer  train the BPE text tokenizer on the captions of a data set
     vqvae      train the discrete VAE (the image tokenizer)
-    encode     encode a data set once with a trained dVAE (the token cache)
+    encode     encode a data set once with a trained image tokenizer (the token cache)
     clip       train the CLIP reranker
-    dalle      train the transformer (torchrun --nproc_per_node=N for many processes)
+    dalle      train the transformer
     demo       the whole pipeline on the shapes data
 
 Every stage reads a typed config: defaults, then --config FILE (YAML), then stage flags, then
 dotted `key.sub=value` overrides. A bad key or value stops the run before any work.
+`python train.py STAGE --help` lists every key. vqvae, clip and dalle run on many processes
+with `torchrun --nproc_per_node=N train.py STAGE ...`.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dalle1.config import ConfigError, load_config, save_config
+from dalle1.config import ConfigError, describe_config, load_config, save_config
 from dalle1.data import iter_captions
-from dalle1.data.shapes import SPLITS, ShapesConfig, write_split
 from dalle1.demo import run_demo as run_pipeline_demo
+from dalle1.shapes.scenes import SPLITS, ShapesConfig, write_split
 from dalle1.stages.clip import CLIPRunConfig, train_clip
 from dalle1.stages.dalle import DALLERunConfig, train_dalle
 from dalle1.stages.encode import encode_dataset
@@ -32,6 +34,13 @@ from dalle1.stages.vqvae import VQVAERunConfig, train_vqvae
 from dalle1.tokenizer import TextTokenizer, train_tokenizer
 
 logger = logging.getLogger("train")
+
+# The training stages that read a run config: name -> (config class, train function, what).
+TRAINING_STAGES = {
+    "vqvae": (VQVAERunConfig, train_vqvae, "the discrete VAE, the image tokenizer"),
+    "clip": (CLIPRunConfig, train_clip, "the CLIP reranker"),
+    "dalle": (DALLERunConfig, train_dalle, "the transformer"),
+}
 
 
 def run_shapes(args: argparse.Namespace) -> None:
@@ -47,10 +56,12 @@ def run_shapes(args: argparse.Namespace) -> None:
     logger.info("wrote %d %s scenes to %s", config.n, config.split, out)
 
 
-def run_vqvae(args: argparse.Namespace) -> None:
-    config = load_config(VQVAERunConfig, args.config, args.overrides)
-    trainer = train_vqvae(config, resume=args.resume)
-    print(f"dVAE checkpoints in {trainer.checkpoint_root}")
+def run_training_stage(args: argparse.Namespace) -> None:
+    config_class, train_fn, what = TRAINING_STAGES[args.stage]
+    config = load_config(config_class, args.config, args.overrides)
+    trainer = train_fn(config, resume=args.resume, restart=args.restart)
+    if trainer.rank == 0:
+        print(f"{what}: checkpoints in {trainer.checkpoints.root}")
 
 
 def run_tokenizer(args: argparse.Namespace) -> None:
@@ -59,26 +70,13 @@ def run_tokenizer(args: argparse.Namespace) -> None:
     print(f"tokenizer {path}: {size} BPE ids (asked for {args.vocab})")
 
 
-def run_clip(args: argparse.Namespace) -> None:
-    config = load_config(CLIPRunConfig, args.config, args.overrides)
-    trainer = train_clip(config, resume=args.resume)
-    print(f"CLIP checkpoints in {trainer.checkpoint_root}")
-
-
-def run_dalle(args: argparse.Namespace) -> None:
-    config = load_config(DALLERunConfig, args.config, args.overrides)
-    trainer = train_dalle(config, resume=args.resume)
-    if trainer.rank == 0:
-        print(f"transformer checkpoints in {trainer.checkpoint_root}")
-
-
 def run_encode(args: argparse.Namespace) -> None:
     meta = encode_dataset(
         args.vqvae, args.data, args.out, args.batch_size, args.shard_size, args.device
     )
     print(
-        f"token cache {args.out}: {meta['count']} images as {meta['grid_size']}x"
-        f"{meta['grid_size']} codes in {len(meta['shards'])} shard(s), {meta['skipped']} skipped"
+        f"token cache {args.out}: {meta['count']} images as {meta['grid']}x{meta['grid']} codes "
+        f"in {len(meta['shards'])} shard(s), {meta['skipped']} skipped"
     )
 
 
@@ -88,8 +86,14 @@ def run_demo(args: argparse.Namespace) -> None:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file with the run config")
-    parser.add_argument(
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument(
         "--resume", action="store_true", help="continue from the last checkpoint of train.run_dir"
+    )
+    start.add_argument(
+        "--restart",
+        action="store_true",
+        help="start anew in a train.run_dir that holds checkpoints (they are moved aside)",
     )
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="e.g. train.max_steps=100"
@@ -120,14 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     shapes.set_defaults(run=run_shapes)
 
-    vqvae = stages.add_parser(
-        "vqvae",
-        help="train the discrete VAE",
-        description="Train the dVAE. Keys: model.*, data.*, loss.*, optim.*, train.* "
-        "(see configs/vqvae_*.yaml).",
-    )
-    add_config_arguments(vqvae)
-    vqvae.set_defaults(run=run_vqvae)
+    for name, (config_class, _, what) in TRAINING_STAGES.items():
+        keys = "\n".join(f"  {line}" for line in describe_config(config_class()))
+        stage = stages.add_parser(
+            name,
+            help=f"train {what}",
+            description=f"Train {what}: defaults, then --config FILE.yaml, then key=value "
+            f"overrides (values read as YAML; see configs/{name}_*.yaml).",
+            epilog=f"config keys (type, default: meaning):\n{keys}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        add_config_arguments(stage)
+        stage.set_defaults(run=run_training_stage)
 
     tokenizer = stages.add_parser(
         "tokenizer",
@@ -139,25 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer.add_argument("--out", required=True, help="the .model file to write")
     tokenizer.set_defaults(run=run_tokenizer)
 
-    for name, run, what in (
-        ("clip", run_clip, "the CLIP reranker (see configs/clip_*.yaml)"),
-        ("dalle", run_dalle, "the transformer (see configs/dalle_*.yaml)"),
-    ):
-        stage = stages.add_parser(
-            name,
-            help=f"train {what.split(' (')[0]}",
-            description=f"Train {what}. Keys: model.*, data.*, optim.*, train.*.",
-        )
-        add_config_arguments(stage)
-        stage.set_defaults(run=run)
-
     encode = stages.add_parser(
         "encode",
         help="encode a data set into a token cache",
         description="Encode every image of SOURCE (centre crops) with a trained dVAE and write "
         "the codes (uint16) with all captions, sharded, to OUT.",
     )
-    encode.add_argument("--vqvae", required=True, help="dVAE run folder or checkpoint folder")
+    encode.add_argument(
+        "--vqvae", required=True, help="image tokenizer (dVAE) run folder or model folder"
+    )
     encode.add_argument("--data", required=True, help="image folder or tar shards")
     encode.add_argument("--out", required=True, help="cache folder to write")
     encode.add_argument("--batch-size", type=int, default=64, help="images per encoder call")

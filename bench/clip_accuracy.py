@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from dalle1.checkpoint import resolve_checkpoint
 from dalle1.clip import CLIP
-from dalle1.data.shapes import (
+from dalle1.data.transforms import to_tensor
+from dalle1.shapes.scenes import (
     CELL_CENTRES,
     COLUMNS,
     PALETTE,
@@ -38,8 +38,8 @@ from dalle1.data.shapes import (
     parse_pairs,
     render,
 )
-from dalle1.data.transforms import to_tensor
 from dalle1.tokenizer import TextTokenizer
+from pretrained import resolve_model_folder
 
 
 def moved(obj, rng: random.Random):
@@ -125,10 +125,10 @@ def main() -> None:
     parser.add_argument("--json", default="runs/bench/clip_accuracy.json")
     args = parser.parse_args()
 
-    checkpoint = resolve_checkpoint(args.clip)
+    checkpoint = resolve_model_folder(args.clip)
     model = CLIP.from_pretrained(checkpoint).eval()
     run_config = yaml.safe_load((checkpoint / "config.yaml").read_text())
-    tokenizer = TextTokenizer(run_config["data"]["tokenizer"], model.config.text_length)
+    tokenizer = TextTokenizer(run_config["data"]["text_tokenizer"], model.config.text_length)
     size = model.config.image_size
     holdout = parse_pairs(args.holdout)
     rng = random.Random(args.seed)

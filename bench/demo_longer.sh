@@ -8,8 +8,8 @@ set -e
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 D=runs/demo
-$PY train.py clip --config configs/clip_shapes.yaml data.source=$D/data/train data.eval_source=$D/data/pair data.tokenizer=$D/tokenizer.model train.run_dir=runs/demo_longer/clip train.max_steps=2000
-$PY train.py dalle --config configs/dalle_shapes.yaml data.source=$D/cache/train data.eval_source=$D/cache/single data.vqvae=$D/vqvae data.tokenizer=$D/tokenizer.model data.clip=runs/demo_longer/clip train.run_dir=runs/demo_longer/dalle train.batch_size=32 train.max_steps=3000
+$PY train.py clip --config configs/clip_shapes.yaml data.source=$D/data/train data.eval_source=$D/data/pair data.text_tokenizer=$D/tokenizer.model train.run_dir=runs/demo_longer/clip train.max_steps=2000
+$PY train.py dalle --config configs/dalle_shapes.yaml data.source=$D/cache/train data.eval_source=$D/cache/single data.image_tokenizer=$D/vqvae data.text_tokenizer=$D/tokenizer.model data.clip=runs/demo_longer/clip train.run_dir=runs/demo_longer/dalle train.batch_size=32 train.max_steps=3000
 for s in single pair novel completion; do
   d=$s; [ $s = completion ] && d=pair
   $PY -m dalle1 eval --run runs/demo_longer/dalle --suite $s --data $D/data/$d --n 50 --candidates 16 --keep 4 --json runs/demo_longer/eval_$s.json

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from dalle1.checkpoint import resolve_checkpoint
 from dalle1.data import ImageFolderDataset
 from dalle1.images import to_pil
-from dalle1.judge import judge_folder
+from dalle1.shapes.judge import judge_folder
+from pretrained import resolve_model_folder
+from vqvae import load_image_tokenizer
 from vqvae.losses import codebook_usage
-from vqvae.model import DiscreteVAE
 
 
 def main() -> None:
@@ -35,9 +35,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench/dvae_quality", help="output folder")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
-    checkpoint = resolve_checkpoint(args.run)
-    model = DiscreteVAE.from_pretrained(checkpoint).eval()
-    size, codebook = model.config.image_size, model.config.codebook_size
+    checkpoint = resolve_model_folder(args.run)
+    model = load_image_tokenizer(checkpoint)
+    size, codebook = model.image_size, model.codebook_size
     rows = []
     print(f"{'suite':>8} {'n':>5} {'psnr':>6} {'perplexity':>10} {'codes used':>10} {'judge':>6}")
     for suite in args.suites:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from PIL import ImageFilter
 
-from dalle1.data.shapes import SPLITS, make_scene, parse_pairs, render
-from dalle1.judge import judge_image
+from dalle1.shapes.judge import judge_image
+from dalle1.shapes.scenes import SPLITS, make_scene, parse_pairs, render
 
 
 def main() -> None:

@@ -24,8 +24,8 @@ from torch.utils.data import TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transformer_speed import LONG  # noqa: E402
 
-from dalle1.distributed import distributed_context, init_distributed  # noqa: E402
 from dalle1.training import OptimConfig, TrainConfig, Trainer  # noqa: E402
+from dalle1.training.distributed import distributed_context, init_distributed  # noqa: E402
 from dalle1.transformer import DALLE, DALLEConfig  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def measure(parallel: str, steps: int, batch_size: int) -> dict:
     model = DALLE(config)
     n = batch_size * (steps + 1)
     text = torch.randint(config.text_vocab_size, (n, config.text_length))
-    codes = torch.randint(config.image_vocab_size, (n, config.image_grid**2))
+    codes = torch.randint(config.codebook_size, (n, config.grid**2))
     with tempfile.TemporaryDirectory() as run_dir:
         train = TrainConfig(
             run_dir=run_dir,

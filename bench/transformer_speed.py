@@ -33,20 +33,20 @@ from dalle1.transformer import DALLE, DALLEConfig
 DEMO = dict(
     text_length=24,
     text_vocab_size=400,
-    image_grid=8,
-    image_vocab_size=512,
-    dim=192,
-    num_layers=4,
+    grid=8,
+    codebook_size=512,
+    width=192,
+    depth=4,
     heads=6,
     conv_kernel=5,
 )
 LONG = dict(
     text_length=256,
     text_vocab_size=16384,
-    image_grid=32,
-    image_vocab_size=8192,
-    dim=256,
-    num_layers=4,
+    grid=32,
+    codebook_size=8192,
+    width=256,
+    depth=4,
     heads=4,
     conv_kernel=11,
 )
@@ -68,9 +68,9 @@ def flops_per_token(model: DALLE, train: bool) -> float:
     blocks = sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks"))
     heads = (
         (c.text_length - 1) * model.text_head.weight.numel()
-        + c.image_grid**2 * model.image_head.weight.numel()
+        + c.grid**2 * model.image_head.weight.numel()
     ) / c.layout.length
-    attention = c.num_layers * 2 * c.dim * c.layout.length  # 4 d per earlier position, causal
+    attention = c.depth * 2 * c.width * c.layout.length  # 4 d per earlier position, causal
     return (6 if train else 2) * (blocks + heads) + (3 if train else 1) * attention
 
 
@@ -80,7 +80,7 @@ def train_speed(config: dict, attention: str, precision: str, batch: int, steps:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     c = model.config
     text = torch.randint(0, c.total_text_vocab, (batch, c.text_length))
-    codes = torch.randint(0, c.image_vocab_size, (batch, c.image_grid**2))
+    codes = torch.randint(0, c.codebook_size, (batch, c.grid**2))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     for step in range(steps + 1):
         if step == 1:  # the first step warms up
@@ -101,7 +101,7 @@ def attention_speed(impl: str, attention: str, batch: int = 2, repeats: int = 3)
     model = DALLE(DALLEConfig(**LONG, attention=attention, attention_impl=impl)).eval()
     c = model.config
     text = torch.randint(0, c.total_text_vocab, (batch, c.text_length))
-    codes = torch.randint(0, c.image_vocab_size, (batch, c.image_grid**2))
+    codes = torch.randint(0, c.codebook_size, (batch, c.grid**2))
     model.image_logits(text, codes)  # compiles FlexAttention on the first call
     start = time.perf_counter()
     for _ in range(repeats):
@@ -128,7 +128,7 @@ def sample_speed(config: dict, attention: str, n: int, use_cache: bool, batch: i
     flops = n * c.layout.length * flops_per_token(model, False)
     return {
         "images_per_s": n / seconds,
-        "image_tokens_per_s": n * c.image_grid**2 / seconds,
+        "image_tokens_per_s": n * c.grid**2 / seconds,
         "seconds": seconds,
         "flops": flops,
     }

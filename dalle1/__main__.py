@@ -19,11 +19,11 @@ import torch
 from tqdm import tqdm
 
 from dalle1.data.transforms import BadSample, read_image
-from dalle1.evaluate import SUITES, evaluate_suite
 from dalle1.images import make_grid, save_image
-from dalle1.judge import judge_folder
 from dalle1.pipeline import Pipeline
 from dalle1.sampling import SamplingConfig
+from dalle1.shapes.benchmark import SUITES, evaluate_suite
+from dalle1.shapes.judge import judge_folder
 
 
 def run_judge(args: argparse.Namespace) -> None:
@@ -86,7 +86,7 @@ def run_complete(args: argparse.Namespace) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"image {str(path)!r} not found")
     try:
-        image = read_image(path, pipe.dvae.config.image_size)
+        image = read_image(path, pipe.image_tokenizer.image_size)
     except BadSample as err:
         raise ValueError(f"cannot read the image {str(path)!r}: {err}") from err
     with tqdm(total=args.n, unit="image", desc="completing") as bar:

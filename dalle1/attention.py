@@ -7,7 +7,7 @@ Two paths give the same numbers:
   On CPU it has no backward, so CPU training always takes the dense path.
 
 With a cache (sampling), the new queries attend to every cached key through the rows of the same
-dense mask, so one cache serves every mask kind, the sparse ones included.
+dense mask, so one cache serves every mask, the sparse ones included.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import functools
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from dalle1.masks import StreamLayout
@@ -36,45 +37,45 @@ class AttentionMasks:
         self._dense: dict[str, torch.Tensor] = {}
         self._block: dict[str, object] = {}
 
-    def dense(self, kind: str) -> torch.Tensor:
+    def dense(self, mask: str) -> torch.Tensor:
         """(L, L) bool, True where allowed."""
-        if kind not in self._dense:
-            self._dense[kind] = self.layout.dense_mask(kind, self.device)
-        return self._dense[kind]
+        if mask not in self._dense:
+            self._dense[mask] = self.layout.dense_mask(mask, self.device)
+        return self._dense[mask]
 
-    def block(self, kind: str):
-        """FlexAttention BlockMask of `kind` over the whole stream."""
-        if kind not in self._block:
+    def block(self, mask: str):
+        """FlexAttention BlockMask of `mask` over the whole stream."""
+        if mask not in self._block:
             from torch.nn.attention.flex_attention import create_block_mask
 
             def mask_mod(batch, head, q, k):
-                return self.layout.allowed(kind, q, k)
+                return self.layout.allowed(mask, q, k)
 
             length = self.layout.length
-            self._block[kind] = create_block_mask(
+            self._block[mask] = create_block_mask(
                 mask_mod, None, None, length, length, device=str(self.device)
             )
-        return self._block[kind]
+        return self._block[mask]
 
 
 class KVCache:
     """Keys and values of every layer for a batch, filled position by position.
 
-    Per layer (B, heads, length, head_dim), allocated at the first update with the dtype the
-    layer computes in (bf16 under autocast).
+    Per layer (B, H, L, d), allocated at the first update with the dtype the layer computes in
+    (bf16 under autocast).
     """
 
-    def __init__(self, num_layers: int, length: int) -> None:
+    def __init__(self, depth: int, length: int) -> None:
         self.length = length
-        self.keys: list[torch.Tensor | None] = [None] * num_layers
-        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.keys: list[torch.Tensor | None] = [None] * depth
+        self.values: list[torch.Tensor | None] = [None] * depth
 
     def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
-        """Store (B, H, l, D) k, v at positions start..start+l-1; return all keys/values so far."""
+        """Store (B, H, l, d) k, v at positions start..start+l-1; return all keys/values so far."""
         if self.keys[layer] is None:
-            shape = (*k.shape[:2], self.length, k.shape[3])
-            self.keys[layer] = k.new_zeros(shape)
-            self.values[layer] = v.new_zeros(shape)
+            batch, heads, _, head_width = k.shape
+            self.keys[layer] = k.new_zeros(batch, heads, self.length, head_width)
+            self.values[layer] = v.new_zeros(batch, heads, self.length, head_width)
         end = start + k.shape[2]
         self.keys[layer][:, :, start:end] = k
         self.values[layer][:, :, start:end] = v
@@ -82,15 +83,15 @@ class KVCache:
 
 
 class SelfAttention(nn.Module):
-    """(B, L, D) -> (B, L, D). kind: the mask kind of this layer, or None for no mask."""
+    """(B, L, D) -> (B, L, D). mask: this layer's mask (dalle1/masks.py), or None for none."""
 
-    def __init__(self, dim: int, heads: int, kind: str | None = None) -> None:
+    def __init__(self, width: int, heads: int, mask: str | None = None) -> None:
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
-        self.heads, self.kind = heads, kind
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads, self.mask = heads, mask
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
 
     def forward(
         self,
@@ -100,18 +101,19 @@ class SelfAttention(nn.Module):
         layer: int = 0,
         start: int = 0,
     ) -> torch.Tensor:
-        batch, length, dim = x.shape
-        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        if self.kind is None:
+        """x: (B, l, D) at stream positions start..start+l-1 (start > 0 only with a cache)."""
+        length = x.shape[1]
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)
+        if self.mask is None:
             out = F.scaled_dot_product_attention(q, k, v)
         elif masks is None:  # no stream layout: plain causal (CLIP's text encoder)
-            if self.kind != "causal":
-                raise ValueError(f"a {self.kind!r} attention layer needs the stream's masks")
+            if self.mask != "causal":
+                raise ValueError(f"a {self.mask!r} attention layer needs the stream's masks")
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         elif cache is not None:
             k, v = cache.update(layer, start, k, v)
-            mask = masks.dense(self.kind)[start : start + length, : start + length]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            allowed = masks.dense(self.mask)[start : start + length, : start + length]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         elif (
             masks.use_flex
             and length == masks.layout.length
@@ -119,25 +121,25 @@ class SelfAttention(nn.Module):
         ):
             # (FlexAttention has no backward on CPU: CPU training takes the dense path.)
             flex = _compiled_flex_attention()
-            out = flex(q, k, v, block_mask=masks.block(self.kind))
-        elif self.kind == "causal":
+            out = flex(q, k, v, block_mask=masks.block(self.mask))
+        elif self.mask == "causal":
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            mask = masks.dense(self.kind)[:length, :length]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
+            allowed = masks.dense(self.mask)[:length, :length]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return self.proj(rearrange(out, "b h l d -> b l (h d)"))
 
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x)). (B, L, D) -> (B, L, D)."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int = 4, kind: str | None = None) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: int = 4, mask: str | None = None):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, heads, kind)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = SelfAttention(width, heads, mask)
+        self.norm2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(
-            nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim)
+            nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width)
         )
 
     def forward(

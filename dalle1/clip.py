@@ -4,22 +4,24 @@ Image encoder: a conv stem that cuts the image into patch_size x patch_size patc
 transformer over the patches and a class token. Text encoder: a causal transformer over the
 caption's ids (the same tokenizer as the DALL-E model, padding per position) with a class token
 last. Both class tokens are projected into one embedding space; a learned temperature scales
-their cosine similarities, and the loss is the symmetric cross-entropy of matching captions to
-images in a batch.
+their cosine similarities, and the loss (`contrastive_loss`) is the symmetric cross-entropy of
+matching captions to images in a batch.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from dalle1.attention import Block
 from dalle1.tokenizer import TextTokenizer
-from vqvae.pretrained import Pretrained
+from pretrained import Pretrained
 
 
 @dataclass
@@ -29,10 +31,9 @@ class CLIPConfig:
     text_length: int = 32  # T: ids per caption
     text_vocab_size: int = 0  # BPE ids (padding ids on top); 0: taken from the tokenizer
     width: int = 128  # of both encoders
-    layers: int = 4  # per encoder
-    heads: int = 4
-    embed_dim: int = 128  # the shared embedding space
-    causal_text: bool = True  # causal text encoder read at its last token (see Encoder)
+    depth: int = 4  # transformer blocks per encoder
+    heads: int = 4  # attention heads per block
+    embed_width: int = 128  # width of the shared image-text embedding space
 
     def __post_init__(self) -> None:
         if self.patch_size % 4 or self.image_size % self.patch_size:
@@ -45,11 +46,11 @@ class CLIPConfig:
 
 
 class Encoder(nn.Module):
-    """Transformer over (B, L, width) tokens with a class token -> (B, embed_dim).
+    """Transformer over (B, L, width) tokens with a class token -> (B, embed_width).
 
     causal: each token attends to the ones before it and the class token comes last. Used for
-    text (as CLIP does): without it the encoder starts out nearly blind to word order and learned
-    "a red circle left of a blue square" = "a blue circle left of a red square" (README, CLIP).
+    text (as CLIP does): an encoder that attends both ways learned "a red circle left of a blue
+    square" = "a blue circle left of a red square" (docs/results.md, CLIP).
     """
 
     def __init__(self, config: CLIPConfig, length: int, causal: bool = False) -> None:
@@ -57,14 +58,15 @@ class Encoder(nn.Module):
         self.causal = causal
         self.class_token = nn.Parameter(torch.randn(config.width) * 0.02)
         self.positions = nn.Parameter(torch.randn(length + 1, config.width) * 0.02)
-        kind = "causal" if causal else None
+        mask = "causal" if causal else None
         self.blocks = nn.ModuleList(
-            Block(config.width, config.heads, kind=kind) for _ in range(config.layers)
+            Block(config.width, config.heads, mask=mask) for _ in range(config.depth)
         )
         self.norm = nn.LayerNorm(config.width)
-        self.proj = nn.Linear(config.width, config.embed_dim, bias=False)
+        self.proj = nn.Linear(config.width, config.embed_width, bias=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L, width) tokens -> (B, embed_width)."""
         cls = self.class_token.expand(tokens.shape[0], 1, -1)
         x = torch.cat([tokens, cls] if self.causal else [cls, tokens], dim=1) + self.positions
         for block in self.blocks:
@@ -73,7 +75,7 @@ class Encoder(nn.Module):
 
 
 class CLIP(Pretrained, nn.Module):
-    config_class, kind = CLIPConfig, "CLIP"
+    config_class, label = CLIPConfig, "CLIP"
 
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
@@ -91,58 +93,73 @@ class CLIP(Pretrained, nn.Module):
         patches = (config.image_size // p) ** 2
         self.image_encoder = Encoder(config, patches)
         self.token_embedding = nn.Embedding(config.text_vocab_size + config.text_length, w)
-        self.text_encoder = Encoder(config, config.text_length, causal=config.causal_text)
+        self.text_encoder = Encoder(config, config.text_length, causal=True)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) in [0, 1] -> (B, embed_dim), unit length."""
+        """(B, 3, S, S) in [0, 1] -> (B, E), unit length (E = embed_width)."""
         size = self.config.image_size
         if images.ndim != 4 or images.shape[1:] != (3, size, size):
             raise ValueError(f"expected images (B, 3, {size}, {size}), got {tuple(images.shape)}")
-        patches = self.stem(images * 2 - 1).flatten(2).transpose(1, 2)  # (B, P, width)
+        patches = rearrange(self.stem(images * 2 - 1), "b d h w -> b (h w) d")
         return F.normalize(self.image_encoder(patches).float(), dim=-1)
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, embed_dim), unit length."""
+        """(B, T) ids -> (B, E), unit length."""
         if text.ndim != 2 or text.shape[1] != self.config.text_length:
             raise ValueError(
                 f"expected text ids (B, {self.config.text_length}), got {tuple(text.shape)}"
             )
         return F.normalize(self.text_encoder(self.token_embedding(text)).float(), dim=-1)
 
-    def forward(
-        self,
-        images: torch.Tensor,
-        text: torch.Tensor,
-        negatives: torch.Tensor | None = None,
-        has_negative: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict]:
-        """Symmetric contrastive loss of a batch of B matching (image, caption) pairs.
-
-        negatives: (B, T) ids of an altered caption per image (dalle1/caption_negatives.py),
-        extra wrong answers for every image in the image -> text half; has_negative (B,) bool
-        marks the rows that have one.
-        """
-        image_emb = self.encode_images(images)
-        if negatives is None:
-            text_emb = self.encode_text(text)
-        else:  # one pass over the true and the altered captions
-            text_emb, negative_emb = self.encode_text(torch.cat([text, negatives])).chunk(2)
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> CLIPEmbeddings:
+        """(B, 3, S, S) images and (B', T) ids -> their unit embeddings and the logit scale."""
         scale = self.log_scale.clamp(max=math.log(100)).exp()
-        logits = scale * text_emb @ image_emb.t()  # (B captions, B images)
-        labels = torch.arange(len(logits), device=logits.device)
-        image_to_text = logits.t()  # (B images, B captions [+ B altered captions])
-        metrics = {}
-        if negatives is not None:
-            negative_logits = scale * image_emb @ negative_emb.t()
-            negative_logits = negative_logits.masked_fill(~has_negative[None, :], float("-inf"))
-            image_to_text = torch.cat([image_to_text, negative_logits], dim=1)
-            # how often an image prefers its own caption to the altered copy of it
-            wins = logits.diagonal() > negative_logits.diagonal()
-            metrics["negative_accuracy"] = wins[has_negative].float().mean().item()
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(image_to_text, labels)) / 2
-        accuracy = (logits.argmax(1) == labels).float().mean()
-        return loss, {"text_to_image_accuracy": accuracy.item(), "scale": scale.item(), **metrics}
+        return CLIPEmbeddings(self.encode_images(images), self.encode_text(text), scale)
+
+
+class CLIPEmbeddings(NamedTuple):
+    images: torch.Tensor  # (B, E) unit length
+    text: torch.Tensor  # (B', E) unit length
+    scale: torch.Tensor  # () the learned inverse temperature, at most 100
+
+
+def contrastive_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    scale: torch.Tensor,
+    negative_emb: torch.Tensor | None = None,
+    has_negative: torch.Tensor | None = None,
+    rows: slice | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Symmetric cross-entropy of matching B captions to B images, row i to column i.
+
+    image_emb, text_emb: (B, E); negative_emb: (B, E) an altered caption per image
+    (dalle1/caption_negatives.py), extra wrong answers in the image -> text half, where
+    has_negative (B,) bool marks the rows that have one. rows: the rows this process computes
+    (its own part of a global batch; default all); the loss is their sum over 2B, so the
+    processes' losses add up to the loss of the whole batch.
+    """
+    rows = rows or slice(0, len(image_emb))
+    labels = torch.arange(len(image_emb), device=image_emb.device)[rows]
+    text_to_image = scale * text_emb[rows] @ image_emb.t()  # (b captions, B images)
+    image_to_text = scale * image_emb[rows] @ text_emb.t()  # (b images, B captions)
+    metrics = {}
+    if negative_emb is not None:
+        negative_logits = scale * image_emb[rows] @ negative_emb.t()  # (b, B altered captions)
+        negative_logits = negative_logits.masked_fill(~has_negative[None, :], float("-inf"))
+        image_to_text = torch.cat([image_to_text, negative_logits], dim=1)
+        # how often an image prefers its own caption to the altered copy of it
+        own = image_to_text.gather(1, labels[:, None])[:, 0]
+        altered = negative_logits.gather(1, labels[:, None])[:, 0]
+        wins = (own > altered)[has_negative[rows]]
+        metrics["negative_accuracy"] = wins.float().mean().item() if len(wins) else 0.0
+    loss = F.cross_entropy(text_to_image, labels, reduction="sum") + F.cross_entropy(
+        image_to_text, labels, reduction="sum"
+    )
+    accuracy = (text_to_image.argmax(1) == labels).float().mean()
+    metrics |= {"text_to_image_accuracy": accuracy.item(), "scale": scale.item()}
+    return loss / (2 * len(image_emb)), metrics
 
 
 @torch.no_grad()

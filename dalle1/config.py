@@ -192,3 +192,51 @@ def _deep_copy(data: Any) -> Any:
     if isinstance(data, list):
         return [_deep_copy(v) for v in data]
     return data
+
+
+def describe_config(config: Any, prefix: str = "") -> list[str]:
+    """One line per key of a config instance: 'key (type, default value): comment'.
+
+    The comments are the ones written beside (or just above) each field in the dataclass's
+    source, so `--help` and the code cannot drift apart.
+    """
+    comments = _field_comments(type(config))
+    hints = typing.get_type_hints(type(config))
+    lines = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            lines += describe_config(value, f"{prefix}{f.name}.")
+            continue
+        hint = hints[f.name]
+        kind = getattr(hint, "__name__", None) if typing.get_origin(hint) is None else None
+        kind = kind or str(hint).replace("typing.", "")
+        comment = comments.get(f.name, "")
+        lines.append(
+            f"{prefix}{f.name} ({kind}, default {value!r})" + f": {comment}" * bool(comment)
+        )
+    return lines
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """{field: its comment} from the class body: a trailing '# ...' on the field's first line,
+    or the '# ...' lines just above it."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    comments, above = {}, []
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# ").strip())
+            continue
+        match = re.match(r"(\w+)\s*:[^#]*(?:#\s*(.*))?$", stripped)
+        if match and match.group(1) in names and match.group(1) not in comments:
+            comments[match.group(1)] = " ".join([*above, match.group(2) or ""]).strip()
+        above = []
+    return comments

@@ -19,20 +19,19 @@ from pathlib import Path
 
 import torch
 
-from dalle1.checkpoint import latest_checkpoint
 from dalle1.config import load_config, save_config
 from dalle1.data import iter_captions
-from dalle1.data.shapes import ShapesConfig, write_split
 from dalle1.data.transforms import read_image
-from dalle1.evaluate import SUITES, evaluate_suite
 from dalle1.images import make_grid, save_image
-from dalle1.judge import judge_folder
 from dalle1.pipeline import Pipeline
+from dalle1.shapes import SUITES, evaluate_suite, judge_folder
+from dalle1.shapes.scenes import ShapesConfig, write_split
 from dalle1.stages.clip import CLIPRunConfig, train_clip
 from dalle1.stages.dalle import DALLERunConfig, train_dalle
 from dalle1.stages.encode import encode_dataset
 from dalle1.stages.vqvae import VQVAERunConfig, train_vqvae
 from dalle1.tokenizer import train_tokenizer
+from dalle1.training.checkpoint import latest_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -125,14 +124,14 @@ def run_demo(
     stage("vqvae", trained("vqvae", VQVAERunConfig, train_vqvae, vqvae_args))
     stage("token cache", encode)
     clip_args = [train_data, image_size, f"data.eval_source={data / 'pair'}"]
-    clip_args += [f"data.tokenizer={tokenizer}", f"train.run_dir={out / 'clip'}"]
+    clip_args += [f"data.text_tokenizer={tokenizer}", f"train.run_dir={out / 'clip'}"]
     stage("clip", trained("clip", CLIPRunConfig, train_clip, clip_args))
     samples = [read_caption(data / s, i) for s in ("single", "pair", "novel") for i in (0, 1)]
     dalle_args = [
         f"data.source={out / 'cache' / 'train'}",
         f"data.eval_source={out / 'cache' / 'single'}",
-        f"data.vqvae={out / 'vqvae'}",
-        f"data.tokenizer={tokenizer}",
+        f"data.image_tokenizer={out / 'vqvae'}",
+        f"data.text_tokenizer={tokenizer}",
         f"data.clip={out / 'clip'}",
         f"train.run_dir={out / 'dalle'}",
         f"data.sample_captions={json.dumps(samples[::2])}",
@@ -167,8 +166,8 @@ def write_samples(out: Path, captions: list[str]) -> bool:
 
     scene = sorted((out / "data" / "pair").glob("*.png"))[0]
     caption = scene.with_suffix(".txt").read_text().splitlines()[0]
-    image = read_image(scene, pipe.dvae.config.image_size)
-    rows = pipe.dalle.config.image_grid // 2
+    image = read_image(scene, pipe.image_tokenizer.image_size)
+    rows = pipe.dalle.config.grid // 2
     images, _ = pipe.complete(image, rows, caption, SAMPLES, KEEP)
     grid = make_grid(torch.cat([image[None], images]), columns=KEEP + 1)
     save_image(grid, out / "completion.png")

@@ -6,7 +6,7 @@ start-of-image token for i = 0, the code of cell i - 1 otherwise) predicts the c
 
 - text -> text: causal. Text never sees the image.
 - image -> text: every image position sees every text position, in every layer.
-- image -> image, causal in raster order, and by kind:
+- image -> image, causal in raster order, and by mask:
     row:    the last w + 1 positions (i - k <= w);
     column: the last h + 1 positions of the transposed image, i.e. the same column above and the
             cell one to the left (still raster-causal);
@@ -24,21 +24,21 @@ from dataclasses import dataclass
 
 import torch
 
-KINDS = ("row", "column", "conv", "causal")
+MASKS = ("row", "column", "conv", "causal")
 
 
-def layer_kinds(num_layers: int, attention: str) -> list[str]:
+def layer_masks(depth: int, attention: str) -> list[str]:
     """The mask of each layer. sparse: the paper's schedule (layer i, 1-based, uses the column
     mask where (i - 2) % 4 == 0, the row mask otherwise, and the last layer the conv mask);
     causal: plain causal attention everywhere."""
     if attention == "causal":
-        return ["causal"] * num_layers
+        return ["causal"] * depth
     if attention != "sparse":
         raise ValueError(f"attention must be sparse or causal, got {attention!r}")
-    kinds = ["column" if (i - 2) % 4 == 0 else "row" for i in range(1, num_layers + 1)]
-    if num_layers > 1:
-        kinds[-1] = "conv"
-    return kinds
+    masks = ["column" if (i - 2) % 4 == 0 else "row" for i in range(1, depth + 1)]
+    if depth > 1:
+        masks[-1] = "conv"
+    return masks
 
 
 @dataclass(frozen=True)
@@ -57,32 +57,32 @@ class StreamLayout:
     def length(self) -> int:
         return self.text_length + self.image_length
 
-    def allowed(self, kind: str, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    def allowed(self, mask: str, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Boolean tensor: may query position q attend to key position k? (broadcasting)."""
         text, w = self.text_length, self.grid
         causal = k <= q
-        if kind == "causal":
+        if mask == "causal":
             return causal
         q_image, k_image = q - text, k - text
         k_is_text = k < text
-        if kind == "row":
+        if mask == "row":
             image_part = q_image - k_image <= w
-        elif kind == "column":
+        elif mask == "column":
             # Window of h + 1 in the transposed (column-major) order.
             q_t = (q_image % w) * w + q_image // w
             k_t = (k_image % w) * w + k_image // w
             image_part = (q_t >= k_t) & (q_t - k_t <= w)
-        elif kind == "conv":
+        elif mask == "conv":
             reach = self.conv_kernel // 2
             rows_up = q_image // w - k_image // w
             columns_apart = (q_image % w - k_image % w).abs()
             image_part = (rows_up <= reach) & (columns_apart <= reach)
         else:
-            raise ValueError(f"mask kind must be one of {KINDS}, got {kind!r}")
+            raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
         # text queries: causal over text; image queries: all text, and the image pattern.
         return causal & (k_is_text | image_part)
 
-    def dense_mask(self, kind: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    def dense_mask(self, mask: str, device: torch.device | str = "cpu") -> torch.Tensor:
         """(L, L) bool, True where attention is allowed."""
         index = torch.arange(self.length, device=device)
-        return self.allowed(kind, index[:, None], index[None, :])
+        return self.allowed(mask, index[:, None], index[None, :])

@@ -4,8 +4,8 @@
     images, scores = pipe.sample("a red circle above a blue square", n=64, keep=8)
     images, scores = pipe.complete(picture, rows=4, caption="...", n=64, keep=8)
 
-A transformer run's config.yaml names its dVAE, tokenizer and (optionally) CLIP run; the sizes
-of all four must agree, or loading says which one does not fit.
+A transformer run's config.yaml names its image tokenizer, text tokenizer and (optionally) CLIP
+run; the sizes of all four must agree, or loading says which one does not fit.
 """
 
 from __future__ import annotations
@@ -15,21 +15,34 @@ from pathlib import Path
 
 import torch
 import yaml
+from einops import rearrange
 
-from dalle1.checkpoint import resolve_checkpoint
 from dalle1.clip import CLIP, rerank
-from dalle1.config import from_dict
+from dalle1.device import pick_device
 from dalle1.sampling import SamplingConfig, sample_candidates
 from dalle1.tokenizer import TextTokenizer
-from dalle1.training import pick_device
 from dalle1.transformer import DALLE
-from vqvae.model import DiscreteVAE
+from pretrained import resolve_model_folder
+from vqvae import ImageTokenizer, load_image_tokenizer
+
+
+def read_run_parts(checkpoint: Path) -> dict[str, str | None]:
+    """The image tokenizer, text tokenizer and CLIP paths a transformer checkpoint's config.yaml
+    names (its data section)."""
+    config_file = checkpoint / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{str(checkpoint)!r} has no config.yaml: not a transformer run")
+    try:
+        data = (yaml.safe_load(config_file.read_text()) or {}).get("data") or {}
+        return {key: data.get(key) for key in ("image_tokenizer", "text_tokenizer", "clip")}
+    except (yaml.YAMLError, AttributeError) as err:
+        raise ValueError(f"{str(config_file)!r} is not a run config: {err}") from err
 
 
 @dataclass
 class Pipeline:
     dalle: DALLE
-    dvae: DiscreteVAE
+    image_tokenizer: ImageTokenizer
     tokenizer: TextTokenizer  # with the transformer's text_length
     clip: CLIP | None = None
     clip_tokenizer: TextTokenizer | None = None  # with CLIP's text_length
@@ -38,47 +51,38 @@ class Pipeline:
     def load(cls, run: str | Path, clip: str | Path | None = None, device: str = "auto"):
         """run: a transformer run folder (or one of its checkpoints); clip: a CLIP run folder
         (default: data.clip of the run's config; None there: no reranking)."""
-        from dalle1.stages.dalle import DALLERunConfig
-
-        run = Path(run)
-        checkpoint = resolve_checkpoint(run)
-        config_file = checkpoint / "config.yaml"
-        if not config_file.is_file():
-            raise FileNotFoundError(
-                f"{str(checkpoint)!r} has no config.yaml: not a transformer run"
-            )
-        try:
-            config = from_dict(DALLERunConfig, yaml.safe_load(config_file.read_text()))
-        except ValueError as err:
-            raise ValueError(f"{str(run)!r} is not a transformer run: {err}") from err
+        checkpoint = resolve_model_folder(run)
         target = pick_device(device)
         dalle = DALLE.from_pretrained(checkpoint, map_location=str(target)).eval()
-        dvae = DiscreteVAE.from_pretrained(resolve_checkpoint(config.data.vqvae)).eval()
-        tokenizer = TextTokenizer(config.data.tokenizer, dalle.config.text_length)
+        parts = read_run_parts(checkpoint)
+        if not parts["image_tokenizer"] or not parts["text_tokenizer"]:
+            raise ValueError(
+                f"{str(run)!r} is not a transformer run: its config names no tokenizers"
+            )
+        image_tokenizer = load_image_tokenizer(parts["image_tokenizer"])
+        tokenizer = TextTokenizer(parts["text_tokenizer"], dalle.config.text_length)
         c = dalle.config
         mismatches = [
             f"{what}: transformer {want}, {source} {have}"
             for what, want, have, source in (
-                ("grid", c.image_grid, dvae.config.grid_size, "dVAE"),
-                ("codebook", c.image_vocab_size, dvae.config.codebook_size, "dVAE"),
-                ("text ids", c.text_vocab_size, tokenizer.vocab_size, "tokenizer"),
+                ("grid", c.grid, image_tokenizer.grid, "image tokenizer"),
+                ("codebook", c.codebook_size, image_tokenizer.codebook_size, "image tokenizer"),
+                ("text ids", c.text_vocab_size, tokenizer.vocab_size, "text tokenizer"),
             )
             if want != have
         ]
         if mismatches:
             raise ValueError(f"the parts of {str(run)!r} do not fit: " + "; ".join(mismatches))
-        clip_path = clip if clip is not None else config.data.clip
+        clip_path = clip if clip is not None else parts["clip"]
         clip_model = clip_tokenizer = None
         if clip_path:
-            clip_model = CLIP.from_pretrained(resolve_checkpoint(clip_path)).eval()
-            clip_tokenizer = TextTokenizer(config.data.tokenizer, clip_model.config.text_length)
-            if clip_model.config.text_vocab_size != tokenizer.vocab_size:
-                raise ValueError(
-                    f"CLIP {str(clip_path)!r} was trained with {clip_model.config.text_vocab_size}"
-                    f" text ids, the transformer's tokenizer has {tokenizer.vocab_size}"
-                )
-            clip_model = clip_model.to(target)
-        return cls(dalle, dvae.to(target), tokenizer, clip_model, clip_tokenizer)
+            clip_model = CLIP.from_pretrained(clip_path, map_location=str(target)).eval()
+            clip_tokenizer = TextTokenizer.load(
+                parts["text_tokenizer"],
+                clip_model.config.text_length,
+                clip_model.config.text_vocab_size,
+            )
+        return cls(dalle, image_tokenizer.to(target), tokenizer, clip_model, clip_tokenizer)
 
     @property
     def device(self) -> torch.device:
@@ -92,11 +96,11 @@ class Pipeline:
         text = self.tokenizer.encode(caption).to(self.device)
         generator = torch.Generator(self.device).manual_seed(seed)
         codes = sample_candidates(self.dalle, text, n, config, prefix, generator, progress)
-        grid = self.dalle.config.image_grid
+        grid = self.dalle.config.grid
         images = torch.cat(
             [
-                self.dvae.decode(codes[i : i + 64].view(-1, grid, grid))
-                for i in range(0, len(codes), 64)
+                self.image_tokenizer.decode(rearrange(part, "n (h w) -> n h w", h=grid))
+                for part in codes.split(64)
             ]
         )
         if self.clip is None:  # no reranker: in drawing order
@@ -123,7 +127,7 @@ class Pipeline:
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """(3, S, S) in [0, 1] -> (h, w) codes."""
-        return self.dvae.encode(image[None].to(self.device))[0]
+        return self.image_tokenizer.encode(image[None].to(self.device))[0]
 
     @torch.no_grad()
     def complete(
@@ -139,9 +143,9 @@ class Pipeline:
     ):
         """Keep the top `rows` rows of the image's codes, sample the rest, rerank.
 
-        image: (3, S, S) in [0, 1] at the dVAE's size. Returns as sample().
+        image: (3, S, S) in [0, 1] at the image tokenizer's size. Returns as sample().
         """
-        grid = self.dalle.config.image_grid
+        grid = self.dalle.config.grid
         if not 1 <= rows < grid:
             raise ValueError(
                 f"rows must lie in [1, {grid - 1}] for a {grid}x{grid} grid, got {rows}"

@@ -1,8 +1,8 @@
 """Autoregressive sampling of image codes given text, with a key/value cache.
 
-generate() fills the image cells in raster order. With the cache, the text (and any given top
-rows, for completion) go through the model once, then each new cell costs one position per layer;
-without it every step reruns the whole prefix (kept for tests and for measuring the cache).
+generate() fills the image cells in raster order: `prefill` runs the text (and any given top
+rows, for completion) through the model once, then `decode_step` costs one position per layer
+per new cell. Without the cache every step reruns the whole prefix (for tests and measuring).
 
 Classifier-free guidance (beyond the paper): the same cells are also predicted from the
 padding-only text, and the logits mixed as uncond + scale * (cond - uncond). Both halves run as
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dalle1.attention import KVCache
 from dalle1.transformer import DALLE
 
 
@@ -68,6 +69,24 @@ def padding_text(model: DALLE, batch: int, device: torch.device) -> torch.Tensor
     return ids.expand(batch, -1)
 
 
+def prefill(model: DALLE, text: torch.Tensor, inputs: torch.Tensor, cache: KVCache):
+    """Run the text and the first image positions through the model once, filling the cache.
+
+    text: (B, T) ids; inputs: (B, n + 1) image-position inputs (the start token, then the n
+    given codes). Returns (B, D) features of the last position: they predict cell n.
+    """
+    return model.run_blocks(model.embed(text, inputs), cache, start=0)[:, -1]
+
+
+def decode_step(model: DALLE, code: torch.Tensor, position: int, cache: KVCache):
+    """One new stream position through every layer, attending to the cache.
+
+    code: (B, 1) the code of the cell before `position`'s cell. Returns (B, D) features that
+    predict the code of cell position - T.
+    """
+    return model.run_blocks(model.embed(None, code, position), cache, position)[:, -1]
+
+
 @torch.no_grad()
 def generate(
     model: DALLE,
@@ -81,11 +100,12 @@ def generate(
 
     text: (B, T) ids; prefix: (B, n) codes of the first n cells (raster order) to keep, e.g.
     the top rows of an image for completion. Returns (B, h*w) int64 codes. The inputs are
-    never modified.
+    never modified. use_cache=False reruns the whole prefix at every cell (for tests and
+    measurements).
     """
     config = config or SamplingConfig()
     c = model.config
-    batch, cells = text.shape[0], c.image_grid**2
+    batch, cells = text.shape[0], c.grid**2
     codes = torch.zeros(batch, cells, dtype=torch.long, device=text.device)
     given = 0
     if prefix is not None:
@@ -96,34 +116,31 @@ def generate(
             )
         codes[:, :given] = prefix
     guided = config.guidance_scale != 1.0
-    if guided:
+    if guided:  # rows B..2B: the same cells from the padding-only text
         text = torch.cat([text, padding_text(model, batch, text.device)])
 
     def both(x: torch.Tensor) -> torch.Tensor:  # the same codes for the guided halves
         return torch.cat([x, x]) if guided else x
 
-    def next_logits(features: torch.Tensor) -> torch.Tensor:  # (rows, D) -> (B, K)
+    def pick_cell(features: torch.Tensor) -> torch.Tensor:  # (rows, D) -> (B,) codes
         logits = model.image_head(features).float()
         if guided:
             cond, uncond = logits.chunk(2)
             logits = uncond + config.guidance_scale * (cond - uncond)
-        return logits
+        return pick(logits, config, generator)
 
-    cache = model.new_cache() if use_cache else None
-    if use_cache:
-        inputs = model.image_inputs(both(codes[:, :given]))
-        features = model.run_blocks(model.embed(text, inputs), cache, start=0)[:, -1]
+    if not use_cache:
+        for cell in range(given, cells):
+            x = model.embed(text, model.image_inputs(both(codes[:, :cell])))
+            codes[:, cell] = pick_cell(model.run_blocks(x)[:, -1])
+        return codes
+    cache = model.new_cache()
+    features = prefill(model, text, model.image_inputs(both(codes[:, :given])), cache)
     for cell in range(given, cells):
-        if cell > given or not use_cache:
-            if use_cache:
-                position = c.text_length + cell
-                inputs = both(codes[:, cell - 1 : cell])
-                features = model.run_blocks(model.embed(None, inputs, position), cache, position)
-            else:
-                inputs = model.image_inputs(both(codes[:, :cell]))
-                features = model.run_blocks(model.embed(text, inputs))
-            features = features[:, -1]
-        codes[:, cell] = pick(next_logits(features), config, generator)
+        if cell > given:
+            code = both(codes[:, cell - 1 : cell])
+            features = decode_step(model, code, c.text_length + cell, cache)
+        codes[:, cell] = pick_cell(features)
     return codes
 
 

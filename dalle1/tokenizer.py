@@ -97,6 +97,18 @@ class TextTokenizer:
         self._merge_scores = {sp.id_to_piece(i): sp.get_score(i) for i in normal}
         self._byte_ids = [sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)]
 
+    @classmethod
+    def load(cls, path: str | Path, text_length: int, expected_vocab: int = 0) -> TextTokenizer:
+        """The tokenizer a model was (or will be) trained with; when expected_vocab is not 0,
+        its vocabulary must have that many BPE ids."""
+        tokenizer = cls(path, text_length)
+        if expected_vocab and expected_vocab != tokenizer.vocab_size:
+            raise ValueError(
+                f"the tokenizer {str(path)!r} has {tokenizer.vocab_size} ids but the model "
+                f"expects text_vocab_size {expected_vocab}"
+            )
+        return tokenizer
+
     @property
     def total_vocab_size(self) -> int:
         """BPE ids plus one padding id per text position."""

@@ -12,17 +12,18 @@ weighted text_loss_weight : 1 - text_loss_weight (1/8 : 7/8 in the paper).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from dalle1.attention import AttentionMasks, Block, KVCache
-from dalle1.masks import StreamLayout, layer_kinds
-from vqvae.pretrained import Pretrained
+from dalle1.masks import StreamLayout, layer_masks
+from pretrained import Pretrained
 
 
 @dataclass
@@ -30,41 +31,51 @@ class DALLEConfig:
     """The paper's model: 256 text + 32x32 image tokens, 64 layers, 62 heads, d 3968."""
 
     text_length: int = 256  # T: text positions
-    text_vocab_size: int = 16384  # BPE ids; the T padding ids come on top
-    image_grid: int = 32  # the dVAE's grid side: h = w
-    image_vocab_size: int = 8192  # K
-    dim: int = 3968
-    num_layers: int = 64
-    heads: int = 62
-    mlp_ratio: int = 4
+    text_vocab_size: int = 16384  # BPE ids (the T padding ids come on top); 0: from the tokenizer
+    grid: int = 32  # h = w: the image tokenizer's grid side; 0: from the image tokenizer
+    codebook_size: int = 8192  # K: image codes; 0: from the image tokenizer
+    width: int = 3968  # D: the residual stream's width
+    depth: int = 64  # transformer blocks
+    heads: int = 62  # attention heads per block (width / heads per head)
+    mlp_ratio: int = 4  # the feed-forward layer's hidden width / width
     attention: str = "sparse"  # sparse: row / column / conv masks by layer; causal: plain
     conv_kernel: int = 11  # side of the last layer's causal neighbourhood
     attention_impl: str = "auto"  # auto (flex on CUDA, dense on CPU), flex or dense
-    text_loss_weight: float = 0.125
+    text_loss_weight: float = 0.125  # the text share of the loss (the paper's 1/8)
     activation_checkpointing: bool = False  # recompute blocks in backward to save memory
 
     def __post_init__(self) -> None:
-        layer_kinds(1, self.attention)  # checks the name
+        layer_masks(1, self.attention)  # checks the name
         if self.attention_impl not in ("auto", "flex", "dense"):
             raise ValueError(
                 f"attention_impl must be auto, flex or dense, got {self.attention_impl!r}"
             )
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if not 0.0 <= self.text_loss_weight <= 1.0:
             raise ValueError(f"text_loss_weight must lie in [0, 1], got {self.text_loss_weight}")
 
     @property
     def layout(self) -> StreamLayout:
-        return StreamLayout(self.text_length, self.image_grid, self.conv_kernel)
+        return StreamLayout(self.text_length, self.grid, self.conv_kernel)
 
     @property
     def total_text_vocab(self) -> int:
         return self.text_vocab_size + self.text_length
 
     @property
-    def head_dim(self) -> int:
-        return self.dim // self.heads
+    def head_width(self) -> int:
+        return self.width // self.heads
+
+    def resolved(self, text_vocab_size: int, grid: int, codebook_size: int) -> DALLEConfig:
+        """A copy with the sizes that come from the tokenizers filled in where they are 0;
+        a size given that disagrees raises a ValueError naming it."""
+        sizes = {"text_vocab_size": text_vocab_size, "grid": grid, "codebook_size": codebook_size}
+        for key, value in sizes.items():
+            given = getattr(self, key)
+            if given and given != value:
+                raise ValueError(f"model.{key} is {given} but the tokenizers give {value}")
+        return replace(self, **sizes)
 
 
 class DALLEOutput(NamedTuple):
@@ -82,31 +93,30 @@ def use_flex(impl: str, device: torch.device) -> bool:
 
 
 class DALLE(Pretrained, nn.Module):
-    config_class, kind = DALLEConfig, "transformer"
+    config_class, label = DALLEConfig, "transformer"
 
     def __init__(self, config: DALLEConfig) -> None:
         super().__init__()
         self.config = config
         c = config
-        self.text_embedding = nn.Embedding(c.total_text_vocab, c.dim)
-        self.text_positions = nn.Parameter(torch.zeros(c.text_length, c.dim))
-        self.image_embedding = nn.Embedding(c.image_vocab_size + 1, c.dim)  # last: start token
-        self.row_embedding = nn.Parameter(torch.zeros(c.image_grid, c.dim))
-        self.column_embedding = nn.Parameter(torch.zeros(c.image_grid, c.dim))
+        self.text_embedding = nn.Embedding(c.total_text_vocab, c.width)
+        self.text_positions = nn.Parameter(torch.zeros(c.text_length, c.width))
+        self.image_embedding = nn.Embedding(c.codebook_size + 1, c.width)  # last: start token
+        self.row_embedding = nn.Parameter(torch.zeros(c.grid, c.width))
+        self.column_embedding = nn.Parameter(torch.zeros(c.grid, c.width))
         self.blocks = nn.ModuleList(
-            Block(c.dim, c.heads, c.mlp_ratio, kind)
-            for kind in layer_kinds(c.num_layers, c.attention)
+            Block(c.width, c.heads, c.mlp_ratio, mask) for mask in layer_masks(c.depth, c.attention)
         )
-        self.norm = nn.LayerNorm(c.dim)
-        self.text_head = nn.Linear(c.dim, c.total_text_vocab, bias=False)
-        self.image_head = nn.Linear(c.dim, c.image_vocab_size, bias=False)
+        self.norm = nn.LayerNorm(c.width)
+        self.text_head = nn.Linear(c.width, c.total_text_vocab, bias=False)
+        self.image_head = nn.Linear(c.width, c.codebook_size, bias=False)
         self._masks: AttentionMasks | None = None
         self.apply(self._init_weights)
         for p in (self.text_positions, self.row_embedding, self.column_embedding):
             nn.init.normal_(p, std=0.02)
         for block in self.blocks:  # GPT-2: residual projections scaled by depth
             for linear in (block.attn.proj, block.mlp[-1]):
-                nn.init.normal_(linear.weight, std=0.02 / (2 * c.num_layers) ** 0.5)
+                nn.init.normal_(linear.weight, std=0.02 / (2 * c.depth) ** 0.5)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -117,7 +127,7 @@ class DALLE(Pretrained, nn.Module):
 
     @property
     def start_token(self) -> int:
-        return self.config.image_vocab_size
+        return self.config.codebook_size
 
     def masks(self, device: torch.device) -> AttentionMasks:
         layout = self.config.layout
@@ -134,7 +144,7 @@ class DALLE(Pretrained, nn.Module):
         the image positions from max(start - T, 0) on. Returns (B, l, D).
         """
         parts = []
-        text_length, grid = self.config.text_length, self.config.image_grid
+        text_length, grid = self.config.text_length, self.config.grid
         if start < text_length:
             if start != 0 or text is None or text.shape[1] != text_length:
                 raise ValueError(f"expected text ids of shape (B, {text_length}) at position 0")
@@ -169,17 +179,20 @@ class DALLE(Pretrained, nn.Module):
             raise ValueError(
                 f"expected text of shape (B, {c.text_length}), got {tuple(text.shape)}"
             )
-        if codes.shape != (text.shape[0], c.image_grid**2):
+        if codes.shape != (text.shape[0], c.grid**2):
             raise ValueError(
-                f"expected codes of shape ({text.shape[0]}, {c.image_grid**2}), "
-                f"got {tuple(codes.shape)}"
+                f"expected codes of shape ({text.shape[0]}, {c.grid**2}), got {tuple(codes.shape)}"
             )
         x = self.embed(text, self.image_inputs(codes[:, :-1]))
         h = self.run_blocks(x)
         text_logits = self.text_head(h[:, : c.text_length - 1])  # predicts text ids 1..T-1
         image_logits = self.image_head(h[:, c.text_length :])  # predicts cells 0..N-1
-        text_loss = F.cross_entropy(text_logits.flatten(0, 1).float(), text[:, 1:].flatten())
-        image_loss = F.cross_entropy(image_logits.flatten(0, 1).float(), codes.flatten())
+        text_loss = F.cross_entropy(
+            rearrange(text_logits.float(), "b t v -> (b t) v"), text[:, 1:].flatten()
+        )
+        image_loss = F.cross_entropy(
+            rearrange(image_logits.float(), "b n k -> (b n) k"), codes.flatten()
+        )
         w = c.text_loss_weight
         return DALLEOutput(w * text_loss + (1 - w) * image_loss, text_loss, image_loss)
 
@@ -189,4 +202,4 @@ class DALLE(Pretrained, nn.Module):
         return self.image_head(self.run_blocks(x)[:, self.config.text_length :])
 
     def new_cache(self) -> KVCache:
-        return KVCache(self.config.num_layers, self.config.layout.length)
+        return KVCache(self.config.depth, self.config.layout.length)

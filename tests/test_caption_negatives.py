@@ -63,8 +63,9 @@ def test_mirrored_captions_swap_the_pair_words_and_the_batch_gets_flipped_images
     assert mirror_caption("a red circle above a blue square", pairs) is None
     images = torch.rand(3, 3, 4, 4)
     captions = ["a circle on the left", "a square in the middle", "on the right"]
-    out, out_captions = add_mirrored(images, captions, pairs)
+    out, out_captions, mirrored = add_mirrored(images, captions, pairs)
     assert out_captions == [*captions, "a circle on the right", "on the left"]
+    assert mirrored == [0, 2]
     torch.testing.assert_close(out[:3], images)
     torch.testing.assert_close(out[3], images[0].flip(-1))  # left-right: the last axis
     torch.testing.assert_close(out[4, :, :, 0], images[2, :, :, -1])
@@ -74,8 +75,8 @@ def test_top_to_bottom_flips_skip_the_captions_a_flip_makes_false():
     pairs = [["top", "bottom"], ["above", "below"]]
     images = torch.rand(2, 3, 4, 4)
     captions = ["a circle above a square", "a triangle above a square"]
-    out, out_captions = add_mirrored(images, captions, pairs, dim=-2, unless=["triangle"])
-    assert out_captions == [*captions, "a circle below a square"]
+    out, out_captions, flipped = add_mirrored(images, captions, pairs, dim=-2, unless=["triangle"])
+    assert out_captions == [*captions, "a circle below a square"] and flipped == [0]
     torch.testing.assert_close(out[2, :, 0], images[0, :, -1])  # top row <- bottom row
 
 

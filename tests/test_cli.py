@@ -1,3 +1,5 @@
+"""The command lines: the shapes stage, config errors, the judge, --help."""
+
 import json
 import subprocess
 import sys
@@ -57,3 +59,14 @@ def test_help_explains_the_stages():
         [sys.executable, "train.py", "shapes", "--help"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0 and "--holdout" in result.stdout and "key=value" in result.stdout
+
+
+def test_stage_help_lists_every_config_key_with_its_type_default_and_meaning():
+    result = subprocess.run(
+        [sys.executable, "train.py", "dalle", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert "model.depth (int, default 64): transformer blocks" in result.stdout
+    assert "train.parallel (str, default 'ddp'): under torchrun" in result.stdout
+    assert "data.image_tokenizer (str, default 'runs/vqvae')" in result.stdout
+    assert "--resume" in result.stdout and "--restart" in result.stdout

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle1.clip import CLIP, CLIPConfig, rerank
+from dalle1.clip import CLIP, CLIPConfig, contrastive_loss, rerank
 from dalle1.tokenizer import TextTokenizer, train_tokenizer
 
 COLOURS = {
@@ -39,9 +39,9 @@ def tiny_clip(tokenizer) -> CLIP:
         text_length=8,
         text_vocab_size=tokenizer.vocab_size,
         width=32,
-        layers=1,
+        depth=1,
         heads=2,
-        embed_dim=16,
+        embed_width=16,
     )
     return CLIP(config)
 
@@ -50,7 +50,7 @@ def train(model, images, text, steps=60):
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(steps):
-        loss, _ = model(images, text)
+        loss, _ = contrastive_loss(*model(images, text))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -81,9 +81,9 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path, tokenizer):
         torch.testing.assert_close(loaded.encode_images(images), model.encode_images(images))
         torch.testing.assert_close(loaded.encode_text(text), model.encode_text(text))
     (tmp_path / "clip" / "model.safetensors").write_bytes(b"broken")
-    with pytest.raises(ValueError, match="cannot read the CLIP model"):
+    with pytest.raises(ValueError, match="cannot read the CLIP"):
         CLIP.from_pretrained(tmp_path / "clip")
-    with pytest.raises(FileNotFoundError, match="not a CLIP checkpoint"):
+    with pytest.raises(FileNotFoundError, match="neither a model folder"):
         CLIP.from_pretrained(tmp_path / "nothing")
     with pytest.raises(ValueError, match=r"expected images \(B, 3, 16, 16\)"):
         model.encode_images(torch.zeros(2, 3, 32, 32))
@@ -95,27 +95,43 @@ def test_hard_negatives_join_the_image_to_text_half_of_the_loss(tokenizer):
     altered = tokenizer.encode_batch([c.replace("square", "circle") for c in captions])
     none = torch.zeros(len(text), dtype=torch.bool)
     with torch.no_grad():
-        plain, _ = model(images, text)
-        masked, _ = model(images, text, altered, none)  # no row has a negative: same loss
-        loss, metrics = model(images, text, altered, ~none)
+        image_emb, text_emb, scale = model(images, text)
+        altered_emb = model.encode_text(altered)
+        plain, _ = contrastive_loss(image_emb, text_emb, scale)
+        # no row has a negative: the same loss
+        masked, _ = contrastive_loss(image_emb, text_emb, scale, altered_emb, none)
+        loss, metrics = contrastive_loss(image_emb, text_emb, scale, altered_emb, ~none)
         # By hand: each image picks its caption among the 4 captions and the 4 altered ones.
-        image_emb, text_emb = model.encode_images(images), model.encode_text(text)
-        scale = model.log_scale.exp()
         logits = scale * text_emb @ image_emb.t()
-        image_to_text = torch.cat(
-            [logits.t(), scale * image_emb @ model.encode_text(altered).t()], 1
-        )
+        image_to_text = torch.cat([logits.t(), scale * image_emb @ altered_emb.t()], 1)
         labels = torch.arange(len(text))
         expected = (F.cross_entropy(logits, labels) + F.cross_entropy(image_to_text, labels)) / 2
+        wins = (logits.diagonal() > (scale * image_emb @ altered_emb.t()).diagonal()).float()
     torch.testing.assert_close(masked, plain)
     torch.testing.assert_close(loss, expected)
-    assert loss > plain and 0 <= metrics["negative_accuracy"] <= 1
+    assert loss > plain and metrics["negative_accuracy"] == pytest.approx(wins.mean().item())
+
+
+def test_the_losses_of_parts_of_a_batch_add_up_to_the_whole(tokenizer):
+    """What lets N processes train on one global batch: each scores its own rows against all."""
+    images, captions, text = toy_set(tokenizer)
+    model = tiny_clip(tokenizer).eval()
+    altered = tokenizer.encode_batch([c.replace("square", "circle") for c in captions])
+    has_negative = torch.tensor([True, False, True, True])
+    with torch.no_grad():
+        image_emb, text_emb, scale = model(images, text)
+        parts = (image_emb, text_emb, scale, model.encode_text(altered), has_negative)
+        whole, _ = contrastive_loss(*parts)
+        first, _ = contrastive_loss(*parts, rows=slice(0, 1))
+        rest, _ = contrastive_loss(*parts, rows=slice(1, 4))
+    torch.testing.assert_close(first + rest, whole)
+    assert not torch.allclose(first, whole)
 
 
 def test_text_encoder_is_causal_and_read_at_its_last_token(tokenizer):
     model = tiny_clip(tokenizer).eval()
     encoder = model.text_encoder
-    assert model.config.causal_text and encoder.causal
+    assert encoder.causal
     tokens = torch.randn(2, model.config.text_length, model.config.width)
     changed = tokens.clone()
     changed[:, 5:] = torch.randn_like(changed[:, 5:])

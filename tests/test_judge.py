@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from dalle1.data.shapes import PALETTE, Scene, SceneObject, make_scene, render
-from dalle1.judge import connected_components, judge_image, summarize
+from dalle1.shapes.judge import connected_components, judge_image, summarize
+from dalle1.shapes.scenes import PALETTE, Scene, SceneObject, make_scene, render
 
 S = 64
 HOLDOUT = {("red", "triangle"), ("blue", "circle")}

@@ -1,5 +1,5 @@
-"""Every stage through its command line on tiny configs, then sampling and completion; resume and
-two processes for the transformer stage; the errors a user meets on bad arguments."""
+"""Every stage through its command line on tiny configs, then sampling and completion; resume;
+2 processes of every training stage equal to 1; the errors a user meets on bad arguments."""
 
 import os
 import shutil
@@ -14,82 +14,9 @@ from safetensors.torch import load_file
 
 import train
 from dalle1.__main__ import main as dalle1_main
-from dalle1.data.shapes import ShapesConfig, write_split
-from dalle1.training import TRAIN_WEIGHTS_FILE
+from dalle1.training.checkpoint import TRAIN_WEIGHTS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    """Tokenizer, dVAE, token cache and CLIP trained on 48 tiny scenes."""
-    root = tmp_path_factory.mktemp("pipeline")
-    data = root / "data"
-    write_split(ShapesConfig(out=str(data), n=48, size=32), progress=False)
-    assert (
-        train.main(
-            ["tokenizer", "--data", str(data), "--vocab", "300", "--out", str(root / "tok.model")]
-        )
-        == 0
-    )
-    assert (
-        train.main(
-            [
-                "vqvae",
-                "--config",
-                str(ROOT / "configs/vqvae_tiny.yaml"),
-                f"train.run_dir={root / 'vqvae'}",
-                f"data.source={data}",
-                "train.max_steps=4",
-            ]
-        )
-        == 0
-    )
-    assert (
-        train.main(
-            [
-                "encode",
-                "--vqvae",
-                str(root / "vqvae"),
-                "--data",
-                str(data),
-                "--out",
-                str(root / "cache"),
-            ]
-        )
-        == 0
-    )
-    assert (
-        train.main(
-            [
-                "clip",
-                "--config",
-                str(ROOT / "configs/clip_tiny.yaml"),
-                f"train.run_dir={root / 'clip'}",
-                f"data.source={data}",
-                f"data.tokenizer={root / 'tok.model'}",
-                "data.hard_negative_groups=[[red, green, blue], [left, right]]",
-            ]
-        )
-        == 0
-    )
-    logged = (root / "clip" / "metrics.jsonl").read_text()
-    assert '"negative_accuracy"' in logged  # the hard negatives were in the loss
-    return root
-
-
-def dalle_args(parts: Path, run_dir: Path, *overrides: str) -> list[str]:
-    return [
-        "dalle",
-        "--config",
-        str(ROOT / "configs/dalle_tiny.yaml"),
-        f"train.run_dir={run_dir}",
-        f"data.source={parts / 'cache'}",
-        f"data.vqvae={parts / 'vqvae'}",
-        f"data.tokenizer={parts / 'tok.model'}",
-        f"data.clip={parts / 'clip'}",
-        *overrides,
-    ]
 
 
 def final_weights(run_dir: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
@@ -103,7 +30,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_transformer_stage_resumes_exactly(parts, tmp_path):
+def test_transformer_stage_resumes_exactly(parts, tmp_path, dalle_args):
     options = [
         "train.max_steps=6",
         "train.checkpoint_every=3",
@@ -117,6 +44,30 @@ def test_transformer_stage_resumes_exactly(parts, tmp_path):
     assert train.main(dalle_args(parts, tmp_path / "two", *options, "--resume")) == 0
     assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"))
     assert (tmp_path / "one" / "previews" / "samples_0000006.png").is_file()
+    logged = (parts / "clip" / "metrics.jsonl").read_text()
+    assert '"negative_accuracy"' in logged  # the CLIP of the parts had hard negatives
+
+
+def test_a_second_start_without_resume_stops_and_keeps_every_checkpoint(
+    parts, tmp_path, dalle_args, capsys
+):
+    run = tmp_path / "run"
+    options = ["train.max_steps=4", "train.checkpoint_every=2", "train.eval_every=0"]
+    assert train.main(dalle_args(parts, run, *options)) == 0
+    before = {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()}
+    assert len({p.parent.name for p in before}) == 2  # step_0000002, step_0000004
+    capsys.readouterr()
+    assert train.main(dalle_args(parts, run, *options)) == 2
+    message = capsys.readouterr().err
+    assert "already holds checkpoints" in message and "--resume" in message
+    assert "--restart" in message
+    after = {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()}
+    assert after == before
+    # --restart starts anew from step 0 and keeps the earlier checkpoints aside.
+    assert train.main(dalle_args(parts, run, *options, "train.max_steps=1", "--restart")) == 0
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_0000001"]
+    (aside,) = run.glob("checkpoints_replaced_*")
+    assert sorted(p.name for p in aside.iterdir()) == ["step_0000002", "step_0000004"]
 
 
 def torchrun(args: list[str]) -> str:
@@ -137,7 +88,7 @@ def torchrun(args: list[str]) -> str:
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one_on_the_same_global_batch(parts, tmp_path):
+def test_two_processes_train_the_transformer_like_one(parts, tmp_path, dalle_args):
     options = [
         "train.max_steps=3",
         "data.bpe_dropout=0.3",
@@ -150,7 +101,57 @@ def test_two_processes_train_like_one_on_the_same_global_batch(parts, tmp_path):
 
 
 @pytest.mark.slow
-def test_sharded_training_saves_and_resumes_like_one_process(parts, tmp_path):
+def test_two_processes_train_the_dvae_like_one(shapes_data, tmp_path, configs):
+    """Gumbel noise per image and restarts over the global batch: the weights of one process.
+    Both quantizers, with dead-code restarts on."""
+    for quantizer in ("gumbel", "vq"):
+        args = [
+            "vqvae",
+            "--config",
+            str(configs / "vqvae_tiny.yaml"),
+            f"data.source={shapes_data}",
+            f"model.quantizer={quantizer}",
+            "train.max_steps=4",
+            "train.eval_every=0",
+            "loss.restart_dead_codes_every=2",
+            "train.ema_decay=0.9",
+            # Adam turns rounding noise in a ~0 gradient into a full step; a larger eps keeps
+            # such steps small, so that the comparison shows real differences only.
+            "optim.eps=1e-3",
+        ]
+        single, ddp = tmp_path / f"{quantizer}_single", tmp_path / f"{quantizer}_ddp"
+        assert train.main([*args, f"train.run_dir={single}"]) == 0
+        output = torchrun([*args, f"train.run_dir={ddp}"])
+        assert "training on 2 processes (DDP)" in output
+        assert "restarted" in output
+        for name in ("model.safetensors", TRAIN_WEIGHTS_FILE):
+            assert_same_weights(final_weights(single, name), final_weights(ddp, name))
+
+
+@pytest.mark.slow
+def test_two_processes_train_clip_like_one(parts, shapes_data, tmp_path, configs):
+    """The contrastive loss over the global batch, with hard negatives, mirrored and flipped
+    scenes (so the processes hold different numbers of rows)."""
+    args = [
+        "clip",
+        "--config",
+        str(configs / "clip_tiny.yaml"),
+        f"data.source={shapes_data}",
+        f"data.text_tokenizer={parts / 'tok.model'}",
+        "data.hard_negative_groups=[[red, green, blue], [left, right]]",
+        "data.mirror_words=[[left, right]]",
+        "data.flip_words=[[top, bottom], [above, below]]",
+        "train.max_steps=3",
+        "train.eval_every=0",
+        "optim.eps=1e-3",  # as for the dVAE: attention's key bias has a gradient of exactly 0
+    ]
+    assert train.main([*args, f"train.run_dir={tmp_path / 'single'}"]) == 0
+    torchrun([*args, f"train.run_dir={tmp_path / 'ddp'}"])
+    assert_same_weights(final_weights(tmp_path / "single"), final_weights(tmp_path / "ddp"))
+
+
+@pytest.mark.slow
+def test_sharded_training_saves_and_resumes_like_one_process(parts, tmp_path, dalle_args):
     """FSDP on 2 processes, stopped and resumed, under FSDP and on one process, gives the weights,
     EMA and optimizer steps of one uninterrupted process."""
     options = [
@@ -178,7 +179,7 @@ def test_sharded_training_saves_and_resumes_like_one_process(parts, tmp_path):
         )
 
 
-def test_sample_and_complete_write_reranked_grids(parts, tmp_path, capsys):
+def test_sample_and_complete_write_reranked_grids(parts, tmp_path, dalle_args):
     run = tmp_path / "dalle"
     assert train.main(dalle_args(parts, run)) == 0
     out = tmp_path / "grid.png"
@@ -255,7 +256,7 @@ def test_sample_and_complete_write_reranked_grids(parts, tmp_path, capsys):
     assert Image.open(completion).size == (3 * 18 + 2, 20)  # the original, then 2 kept
 
 
-def test_bad_arguments_name_the_problem(parts, tmp_path, capsys):
+def test_bad_arguments_name_the_problem(parts, tmp_path, dalle_args, capsys):
     run = tmp_path / "dalle"
     assert train.main(dalle_args(parts, run, "train.max_steps=1")) == 0
     picture = next((parts / "data").glob("*.png"))
@@ -292,7 +293,7 @@ def test_bad_arguments_name_the_problem(parts, tmp_path, capsys):
             "cannot read the image",
         ),
         (["sample", "--run", str(parts / "clip"), "x"], "not a transformer"),
-        (["sample", "--run", str(tmp_path), "x"], "neither a checkpoint folder"),
+        (["sample", "--run", str(tmp_path), "x"], "neither a model folder"),
     ]
     for argv, message in cases:
         assert dalle1_main(argv) == 2, argv

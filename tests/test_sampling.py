@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from dalle1.sampling import SamplingConfig, filter_logits, generate, sample_candidates
-from tests.test_transformer import batch, tiny
 
 
 def sharpened(model):
@@ -16,9 +15,9 @@ def sharpened(model):
 
 
 @pytest.mark.parametrize("attention", ["sparse", "causal"])
-def test_greedy_with_the_cache_equals_greedy_without(attention):
-    model = sharpened(tiny(attention))
-    text, _ = batch(model, size=3)
+def test_greedy_with_the_cache_equals_greedy_without(attention, tiny_dalle, random_batch):
+    model = sharpened(tiny_dalle(attention))
+    text, _ = random_batch(model, size=3)
     greedy = SamplingConfig(temperature=0)
     cached = generate(model, text, greedy)
     assert torch.equal(cached, generate(model, text, greedy, use_cache=False))
@@ -32,29 +31,29 @@ def test_greedy_with_the_cache_equals_greedy_without(attention):
         assert torch.equal(a, b)
 
 
-def test_the_same_seed_gives_the_same_codes_and_another_seed_others():
-    model = sharpened(tiny())
-    text, _ = batch(model, size=4)
+def test_the_same_seed_gives_the_same_codes_and_another_seed_others(tiny_dalle, random_batch):
+    model = sharpened(tiny_dalle())
+    text, _ = random_batch(model, size=4)
     run = lambda seed: generate(model, text, generator=torch.Generator().manual_seed(seed))  # noqa: E731
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
 
 
-def test_a_prefix_is_kept_and_continued_as_greedy_would():
-    model = sharpened(tiny())
-    text, _ = batch(model, size=2)
+def test_a_prefix_is_kept_and_continued_as_greedy_would(tiny_dalle, random_batch):
+    model = sharpened(tiny_dalle())
+    text, _ = random_batch(model, size=2)
     greedy = SamplingConfig(temperature=0)
     full = generate(model, text, greedy)
     prefix = full[:, :6].clone()
     assert torch.equal(generate(model, text, greedy, prefix=prefix), full)
-    other = (prefix + 1) % model.config.image_vocab_size
+    other = (prefix + 1) % model.config.codebook_size
     completed = generate(model, text, greedy, prefix=other)
     assert torch.equal(completed[:, :6], other)
     with pytest.raises(ValueError, match="prefix must be"):
         generate(model, text, greedy, prefix=full)
 
 
-def test_top_k_and_top_p_restrict_the_support():
+def test_top_k_and_top_p_restrict_the_support(tiny_dalle, random_batch):
     logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
     assert torch.isfinite(filter_logits(logits, top_k=2)).tolist() == [
         [True, True, False, False, False]
@@ -66,16 +65,18 @@ def test_top_k_and_top_p_restrict_the_support():
     assert torch.isfinite(filter_logits(shuffled, top_p=0.8)).tolist() == [
         [False, True, False, True, True]
     ]
-    model = sharpened(tiny())
-    text, _ = batch(model, size=8)
+    model = sharpened(tiny_dalle())
+    text, _ = random_batch(model, size=8)
     config = SamplingConfig(top_k=1)  # top-1 sampling is greedy
     sampled = generate(model, text, config, generator=torch.Generator().manual_seed(0))
     assert torch.equal(sampled, generate(model, text, SamplingConfig(temperature=0)))
 
 
-def test_guidance_leaves_the_callers_tensors_alone_and_batches_bound_memory():
-    model = sharpened(tiny())
-    text, codes = batch(model, size=1)
+def test_guidance_leaves_the_callers_tensors_alone_and_batches_bound_memory(
+    tiny_dalle, random_batch
+):
+    model = sharpened(tiny_dalle())
+    text, codes = random_batch(model, size=1)
     text_before, prefix = text.clone(), codes[:, :3].clone()
     generate(model, text, SamplingConfig(guidance_scale=2.0), prefix=prefix)
     assert torch.equal(text, text_before) and torch.equal(prefix, codes[:, :3])

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from dalle1.data.shapes import (
+from dalle1.shapes.scenes import (
     CELL_CENTRES,
     COLUMNS,
     PAIR_SIDE,

@@ -1,4 +1,7 @@
+"""The token cache: written by `train.py encode`, read back as codes and captions."""
+
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,13 +13,15 @@ from dalle1.data import ImageFolderDataset
 from dalle1.data.token_cache import TokenCacheDataset
 from dalle1.stages.encode import encode_dataset
 from dalle1.stages.vqvae import VQVAERunConfig
-from vqvae.model import DiscreteVAE
+from vqvae import DiscreteVAE
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.fixture
 def dvae_folder(tmp_path):
     torch.manual_seed(0)
-    model = DiscreteVAE(load_config(VQVAERunConfig, "configs/vqvae_tiny.yaml").model)
+    model = DiscreteVAE(load_config(VQVAERunConfig, CONFIGS / "vqvae_tiny.yaml").model)
     model.save_pretrained(tmp_path / "dvae")
     return tmp_path / "dvae"
 
@@ -42,7 +47,7 @@ def test_cache_holds_the_dvae_codes_and_every_caption(tmp_path, dvae_folder, ima
         and meta["skipped"] == 1
         and meta["shards"] == ["00000", "00001", "00002"]
     )
-    assert meta["dtype"] == "uint16" and meta["grid_size"] == 4
+    assert meta["dtype"] == "uint16" and meta["grid"] == 4
     cache = TokenCacheDataset(tmp_path / "cache", train=False)
     model = DiscreteVAE.from_pretrained(dvae_folder)
     expected = model.encode(
@@ -84,7 +89,7 @@ def test_encode_names_a_missing_dvae(tmp_path, images, capsys):
         str(tmp_path / "c"),
     ]
     assert train.main(argv) == 2
-    assert "neither a checkpoint folder" in capsys.readouterr().err
+    assert "neither a model folder" in capsys.readouterr().err
 
 
 def test_missing_cache_is_named(tmp_path):

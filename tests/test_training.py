@@ -13,27 +13,26 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dalle1.checkpoint import atomic_checkpoint, latest_checkpoint, list_checkpoints
 from dalle1.config import load_config
-from dalle1.data.shapes import ShapesConfig, write_split
 from dalle1.stages.vqvae import VQVAERunConfig, train_vqvae
-from dalle1.training import OptimConfig, TrainConfig, Trainer, TrainingDiverged, lr_at
-from vqvae.model import DiscreteVAE
+from dalle1.training import OptimConfig, TrainConfig, Trainer, TrainingDiverged
+from dalle1.training.checkpoint import atomic_checkpoint, latest_checkpoint, list_checkpoints
+from dalle1.training.optim import lr_at
+from vqvae import DiscreteVAE
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = ROOT / "configs" / "vqvae_tiny.yaml"
 
 
-@pytest.fixture(scope="module")
-def shapes_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("shapes")
-    write_split(ShapesConfig(out=str(folder), n=48, size=32), progress=False)
-    return folder
+@pytest.fixture
+def shapes_folder(shapes_data):
+    return shapes_data
 
 
 def tiny_config(run_dir, source, *overrides) -> VQVAERunConfig:
     return load_config(
         VQVAERunConfig,
-        ROOT / "configs/vqvae_tiny.yaml",
+        TINY_CONFIG,
         [f"train.run_dir={run_dir}", f"data.source={source}", "train.ema_decay=0.9", *overrides],
     )
 
@@ -48,12 +47,12 @@ def test_resume_gives_the_same_weights_as_one_run(tmp_path, shapes_folder):
     overrides.append("loss.restart_dead_codes_every=3")
     one_run = train_vqvae(tiny_config(tmp_path, shapes_folder, *overrides))
     weights = {k: v.clone() for k, v in one_run.model.state_dict().items()}
-    ema_weights = {k: v.clone() for k, v in one_run.ema_model.state_dict().items()}
+    ema_weights = {k: v.clone() for k, v in one_run.parallel.ema.state_dict().items()}
     # Stop after k steps: keep only that checkpoint, then resume the same run.
     shutil.rmtree(tmp_path / "checkpoints" / f"step_{2 * k:07d}")
     resumed = train_vqvae(tiny_config(tmp_path, shapes_folder, *overrides), resume=True)
     assert resumed.step == 2 * k
-    for mine, theirs in [(resumed.model, weights), (resumed.ema_model, ema_weights)]:
+    for mine, theirs in [(resumed.model, weights), (resumed.parallel.ema, ema_weights)]:
         for name, value in mine.state_dict().items():
             torch.testing.assert_close(value, theirs[name], rtol=1e-5, atol=1e-6, msg=name)
 
@@ -108,7 +107,7 @@ class Images(torch.utils.data.Dataset):
 
 
 def test_nan_loss_stops_with_the_step_and_saves_nothing_corrupt(tmp_path):
-    model = DiscreteVAE(load_config(VQVAERunConfig, ROOT / "configs/vqvae_tiny.yaml").model)
+    model = DiscreteVAE(load_config(VQVAERunConfig, TINY_CONFIG).model)
     config = TrainConfig(
         run_dir=str(tmp_path), max_steps=10, batch_size=4, checkpoint_every=2, tensorboard=False
     )
@@ -144,7 +143,7 @@ def test_atomic_checkpoint_leaves_nothing_on_error(tmp_path):
 KILL_SCRIPT = """
 import sys, time
 from pathlib import Path
-import dalle1.checkpoint as checkpoint
+import dalle1.training.checkpoint as checkpoint
 from dalle1.config import load_config
 from dalle1.stages.vqvae import VQVAERunConfig, train_vqvae
 
@@ -159,7 +158,7 @@ def slow_fsync_tree(folder):
     real_fsync_tree(folder)
 
 checkpoint._fsync_tree = slow_fsync_tree
-config = load_config(VQVAERunConfig, "configs/vqvae_tiny.yaml", [
+config = load_config(VQVAERunConfig, sys.argv[4], [
     f"train.run_dir={sys.argv[1]}", f"data.source={sys.argv[2]}", "train.max_steps=50",
     "train.checkpoint_every=2", "train.ema_decay=0.9"])
 train_vqvae(config)
@@ -170,7 +169,15 @@ def test_sigkill_mid_save_leaves_the_last_checkpoint_loadable(tmp_path, shapes_f
     marker = tmp_path / "saving"
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, str(run_dir), str(shapes_folder), str(marker)],
+        [
+            sys.executable,
+            "-c",
+            KILL_SCRIPT,
+            str(run_dir),
+            str(shapes_folder),
+            str(marker),
+            str(TINY_CONFIG),
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle1.masks import StreamLayout, layer_kinds
+from dalle1.masks import StreamLayout, layer_masks
 from dalle1.transformer import DALLE, DALLEConfig
 
 # Image part of the masks of a 4x4 image (rows: query image position, columns: key image
@@ -70,11 +70,11 @@ def drawn(text: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "kind,picture", [("row", ROW_4x4), ("column", COLUMN_4x4), ("conv", CONV3_4x4)]
+    "name,picture", [("row", ROW_4x4), ("column", COLUMN_4x4), ("conv", CONV3_4x4)]
 )
-def test_masks_equal_hand_drawn_cases(kind, picture):
+def test_masks_equal_hand_drawn_cases(name, picture):
     layout = StreamLayout(text_length=3, grid=4, conv_kernel=3)
-    mask = layout.dense_mask(kind)
+    mask = layout.dense_mask(name)
     assert torch.equal(mask[3:, 3:], drawn(picture))
     assert bool(mask[3:, :3].all())  # every image position sees all text
     assert torch.equal(mask[:3, :3], torch.ones(3, 3, dtype=torch.bool).tril())  # causal text
@@ -84,36 +84,11 @@ def test_masks_equal_hand_drawn_cases(kind, picture):
 
 
 def test_layer_schedule_follows_the_paper():
-    kinds = layer_kinds(64, "sparse")
-    assert kinds[:4] == ["row", "column", "row", "row"]
-    assert kinds[5] == "column" and kinds[-1] == "conv"
-    assert kinds.count("column") == 16 and kinds.count("conv") == 1
-    assert layer_kinds(3, "causal") == ["causal"] * 3
-
-
-def tiny(attention="sparse", impl="dense", **overrides) -> DALLE:
-    torch.manual_seed(0)
-    config = dict(
-        text_length=6,
-        text_vocab_size=20,
-        image_grid=4,
-        image_vocab_size=16,
-        dim=32,
-        num_layers=5,
-        heads=4,
-        conv_kernel=3,
-        attention=attention,
-        attention_impl=impl,
-    )
-    return DALLE(DALLEConfig(**(config | overrides)))
-
-
-def batch(model: DALLE, size: int = 3, seed: int = 1):
-    c = model.config
-    g = torch.Generator().manual_seed(seed)
-    text = torch.randint(0, c.total_text_vocab, (size, c.text_length), generator=g)
-    codes = torch.randint(0, c.image_vocab_size, (size, c.image_grid**2), generator=g)
-    return text, codes
+    masks = layer_masks(64, "sparse")
+    assert masks[:4] == ["row", "column", "row", "row"]
+    assert masks[5] == "column" and masks[-1] == "conv"
+    assert masks.count("column") == 16 and masks.count("conv") == 1
+    assert layer_masks(3, "causal") == ["causal"] * 3
 
 
 def reference_features(model: DALLE, text, codes) -> torch.Tensor:
@@ -123,9 +98,10 @@ def reference_features(model: DALLE, text, codes) -> torch.Tensor:
     for block in model.blocks:
         h = block.norm1(x)
         b, n, d = h.shape
-        q, k, v = block.attn.qkv(h).view(b, n, 3, block.attn.heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = block.attn.qkv(h).view(b, n, 3, block.attn.heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (3, B, H, L, d) written out without einops
         scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
-        scores = scores.masked_fill(~layout.dense_mask(block.attn.kind), float("-inf"))
+        scores = scores.masked_fill(~layout.dense_mask(block.attn.mask), float("-inf"))
         out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
         x = x + block.attn.proj(out)
         x = x + block.mlp(block.norm2(x))
@@ -133,9 +109,9 @@ def reference_features(model: DALLE, text, codes) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("attention", ["sparse", "causal"])
-def test_dense_path_equals_a_plain_reference(attention):
-    model = tiny(attention)
-    text, codes = batch(model)
+def test_dense_path_equals_a_plain_reference(attention, tiny_dalle, random_batch):
+    model = tiny_dalle(attention)
+    text, codes = random_batch(model)
     with torch.no_grad():
         expected = reference_features(model, text, codes)
         got = model.run_blocks(model.embed(text, model.image_inputs(codes[:, :-1])))
@@ -143,13 +119,13 @@ def test_dense_path_equals_a_plain_reference(attention):
 
 
 @pytest.mark.slow
-def test_flex_path_equals_the_dense_path():
+def test_flex_path_equals_the_dense_path(tiny_dalle, random_batch):
     """FlexAttention (compiled on the first call: about a minute on 2 CPU cores)."""
     pytest.importorskip("torch.nn.attention.flex_attention")
-    dense = tiny("sparse", "dense", num_layers=2, image_grid=8, conv_kernel=5)
-    flex = tiny("sparse", "flex", num_layers=2, image_grid=8, conv_kernel=5)
+    dense = tiny_dalle("sparse", "dense", depth=2, grid=8, conv_kernel=5)
+    flex = tiny_dalle("sparse", "flex", depth=2, grid=8, conv_kernel=5)
     flex.load_state_dict(dense.state_dict())
-    text, codes = batch(dense)
+    text, codes = random_batch(dense)
     with torch.no_grad():
         torch.testing.assert_close(flex(text, codes).loss, dense(text, codes).loss)
         torch.testing.assert_close(
@@ -158,15 +134,15 @@ def test_flex_path_equals_the_dense_path():
 
 
 @pytest.mark.parametrize("attention", ["sparse", "causal"])
-def test_changing_a_later_token_never_changes_an_earlier_logit(attention):
-    model = tiny(attention).eval()
-    text, codes = batch(model, size=1)
+def test_changing_a_later_token_never_changes_an_earlier_logit(attention, tiny_dalle, random_batch):
+    model = tiny_dalle(attention).eval()
+    text, codes = random_batch(model, size=1)
     c = model.config
     with torch.no_grad():
         base = model.run_blocks(model.embed(text, model.image_inputs(codes[:, :-1])))
         for position in (2, c.text_length + 5):  # a text position, an image position
             inputs = torch.cat([text, codes[:, :-1]], 1).clone()
-            inputs[0, position] = (inputs[0, position] + 1) % c.image_vocab_size
+            inputs[0, position] = (inputs[0, position] + 1) % c.codebook_size
             changed_text, changed_codes = inputs[:, : c.text_length], inputs[:, c.text_length :]
             # image position p + 1 holds code p: the change is at stream position `position` + 1
             out = model.run_blocks(model.embed(changed_text, model.image_inputs(changed_codes)))
@@ -175,9 +151,9 @@ def test_changing_a_later_token_never_changes_an_earlier_logit(attention):
             assert not torch.allclose(out[:, first_changed], base[:, first_changed])
 
 
-def test_loss_is_the_weighted_mean_of_text_and_image_cross_entropy():
-    model = tiny(text_loss_weight=0.125)
-    text, codes = batch(model)
+def test_loss_is_the_weighted_mean_of_text_and_image_cross_entropy(tiny_dalle, random_batch):
+    model = tiny_dalle(text_loss_weight=0.125)
+    text, codes = random_batch(model)
     out = model(text, codes)
     with torch.no_grad():
         h = model.run_blocks(model.embed(text, model.image_inputs(codes[:, :-1])))
@@ -188,7 +164,7 @@ def test_loss_is_the_weighted_mean_of_text_and_image_cross_entropy():
     torch.testing.assert_close(out.image_loss, image_ce)
     torch.testing.assert_close(out.loss, 0.125 * text_ce + 0.875 * image_ce)
     # Weight 0: the text head gets no gradient at all.
-    model = tiny(text_loss_weight=0.0)
+    model = tiny_dalle(text_loss_weight=0.0)
     model(text, codes).loss.backward()
     assert float(model.text_head.weight.grad.abs().sum()) == 0.0
 
@@ -201,17 +177,17 @@ def test_the_paper_config_has_about_12_billion_parameters():
     assert model.config.layout.length == 1280
 
 
-def test_forward_and_backward_at_the_papers_sequence_length():
-    model = tiny(
+def test_forward_and_backward_at_the_papers_sequence_length(tiny_dalle, random_batch):
+    model = tiny_dalle(
         text_length=256,
-        image_grid=32,
-        image_vocab_size=64,
-        num_layers=4,
-        dim=16,
+        grid=32,
+        codebook_size=64,
+        depth=4,
+        width=16,
         heads=2,
         conv_kernel=11,
     )
-    text, codes = batch(model, size=1)
+    text, codes = random_batch(model, size=1)
     out = model(text, codes)
     out.loss.backward()
     assert torch.isfinite(out.loss)
@@ -219,9 +195,9 @@ def test_forward_and_backward_at_the_papers_sequence_length():
     assert all(p.grad is not None for p in model.parameters())
 
 
-def test_one_batch_overfits():
-    model = tiny()
-    text, codes = batch(model, size=4)
+def test_one_batch_overfits(tiny_dalle, random_batch):
+    model = tiny_dalle()
+    text, codes = random_batch(model, size=4)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = None
     for _ in range(150):
@@ -233,9 +209,9 @@ def test_one_batch_overfits():
     assert out.image_loss.item() < 0.1 * first
 
 
-def test_bad_shapes_and_names_are_clear_errors():
-    model = tiny()
-    text, codes = batch(model)
+def test_bad_shapes_and_names_are_clear_errors(tiny_dalle, random_batch):
+    model = tiny_dalle()
+    text, codes = random_batch(model)
     with pytest.raises(ValueError, match=r"expected codes of shape \(3, 16\)"):
         model(text, codes[:, :10])
     with pytest.raises(ValueError, match=r"expected text of shape \(B, 6\)"):

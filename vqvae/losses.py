@@ -1,4 +1,4 @@
-"""The dVAE's likelihood and prior terms (Ramesh et al. 2021, section 2.1 and appendix A.3).
+"""The dVAE's likelihood terms and measures (Ramesh et al. 2021, section 2.1 and appendix A.3).
 
 Pixels live in [eps, 1 - eps] (eps = 0.1) while the model sees them, because the logit-Laplace
 density explodes at 0 and 1. The decoder predicts, per RGB channel, a location mu and a log-scale
@@ -57,29 +57,6 @@ def gradient_mse(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     dx = F.mse_loss(images.diff(dim=-1), reference.diff(dim=-1))
     dy = F.mse_loss(images.diff(dim=-2), reference.diff(dim=-2))
     return dx + dy
-
-
-def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
-    """Mean KL(q || uniform over K) per latent cell, in nats.
-
-    logits: (B, K, h, w) encoder logits; q = softmax over K.
-    """
-    log_q = F.log_softmax(logits.float(), dim=1)
-    codebook_size = logits.shape[1]
-    return (log_q.exp() * log_q).sum(1).mean() + math.log(codebook_size)
-
-
-def batch_diversity_gap(logits: torch.Tensor) -> torch.Tensor:
-    """log K - entropy of the code distribution averaged over the batch and the grid, in nats.
-
-    0 when the codes are used equally often on average, log K when one code takes everything.
-    Penalising it keeps codes alive from the start (the diversity loss of wav2vec 2.0); the
-    per-cell KL cannot revive a dead code, as its gradient vanishes with the code's probability.
-    logits: (B, K, h, w).
-    """
-    mean_q = F.softmax(logits.float(), dim=1).mean(dim=(0, 2, 3))  # (K,)
-    entropy = -(mean_q * torch.log(mean_q.clamp_min(1e-12))).sum()
-    return math.log(logits.shape[1]) - entropy
 
 
 def codebook_usage(codes: torch.Tensor, codebook_size: int) -> tuple[float, float]:

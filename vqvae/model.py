@@ -1,10 +1,11 @@
 """The discrete VAE that turns an image into a grid of codes and back (Ramesh et al. 2021, 2.1).
 
 Encoder: 7x7 conv, then `num_groups` groups of bottleneck residual blocks at widths n, 2n, 4n, 8n
-with a 2x2 max-pool after every group but the last, then ReLU and a 1x1 conv to K logits per cell.
-Decoder: a 1x1 conv from K one-hot channels to `embed_dim` (the codebook), groups at widths
-8n, 4n, 2n, n with 2x nearest upsampling after every group but the last, then ReLU and a 1x1 conv
-to 6 channels: a logit-Laplace location and log-scale per RGB channel. Every residual branch is
+with a 2x2 max-pool after every group but the last, then ReLU. Quantizer (vqvae/quantizer.py): a
+1x1 conv to K logits per cell and the codebook (the paper's 1x1 conv from K one-hot channels to
+`code_width`), or nearest-neighbour VQ. Decoder: groups at widths 8n, 4n, 2n, n with 2x nearest
+upsampling after every group but the last, then ReLU and a 1x1 conv to 6 channels: a
+logit-Laplace location and log-scale per RGB channel. Every residual branch is
 scaled by 1 / L^2 (L = groups x blocks) so that the deep stack starts close to the identity.
 """
 
@@ -15,12 +16,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from pretrained import Pretrained
 from vqvae.losses import map_pixels, unmap_pixels
-from vqvae.pretrained import Pretrained
-from vqvae.quantizer import gumbel_softmax, hard_codes
+from vqvae.quantizer import QUANTIZERS, VectorQuantizer
 
 
 @dataclass
@@ -28,25 +28,23 @@ class DVAEConfig:
     """Shape of the dVAE. The paper's release: 256 px, n = 256, 4 groups of 2 blocks, K = 8192."""
 
     image_size: int = 256  # side of the square input, pixels
-    base_width: int = 256  # n: the groups have widths n, 2n, 4n, 8n, ...
+    width: int = 256  # n: the groups have widths n, 2n, 4n, 8n, ...
     num_groups: int = 4  # every group but the last halves the grid: factor 2^(groups - 1)
     blocks_per_group: int = 2  # residual blocks per group
     codebook_size: int = 8192  # K, codes per cell
-    embed_dim: int = 128  # width of a codebook vector (the decoder's 1x1 conv from K channels)
-    straight_through: bool = False  # decoder sees hard one-hot samples in training (soft gradients)
-    # gumbel: the paper's relaxation, the encoder gives K logits per cell. vq: the encoder gives an
-    # embed_dim vector per cell and takes the nearest codebook vector by cosine similarity
-    # (straight-through gradients, as in VQ-VAE with l2-normalised codes); trains faster on CPU.
+    code_width: int = 128  # E, width of a codebook vector (what the decoder reads per cell)
+    # gumbel: the paper's relaxation (K logits per cell); vq: nearest unit-length codebook
+    # vector by cosine similarity, straight-through gradients (see vqvae/quantizer.py)
     quantizer: str = "gumbel"
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "base_width", "num_groups", "blocks_per_group", "embed_dim"):
+        for name in ("image_size", "width", "num_groups", "blocks_per_group", "code_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.codebook_size < 2:
             raise ValueError(f"codebook_size must be at least 2, got {self.codebook_size}")
-        if self.quantizer not in ("gumbel", "vq"):
-            raise ValueError(f"quantizer must be gumbel or vq, got {self.quantizer!r}")
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {list(QUANTIZERS)}, got {self.quantizer!r}")
         if self.image_size % self.downsample:
             raise ValueError(
                 f"image_size {self.image_size} is not divisible by the downsampling factor "
@@ -63,13 +61,13 @@ class DVAEConfig:
         return 2 ** (self.num_groups - 1)
 
     @property
-    def grid_size(self) -> int:
+    def grid(self) -> int:
         """Side of the code grid: image_size / 2^(num_groups - 1)."""
         return self.image_size // self.downsample
 
     @property
     def widths(self) -> list[int]:
-        return [self.base_width * 2**g for g in range(self.num_groups)]
+        return [self.width * 2**g for g in range(self.num_groups)]
 
 
 class ResidualBlock(nn.Module):
@@ -94,21 +92,21 @@ class ResidualBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """(B, 3, H, W) mapped pixels -> (B, K, h, w) logits (gumbel) or (B, E, h, w) vectors (vq)."""
+    """(B, 3, H, W) mapped pixels -> (B, 8n, h, w) features (after the final ReLU); the
+    quantizer's 1x1 conv turns them into logits or vectors."""
 
     def __init__(self, config: DVAEConfig):
         super().__init__()
         gain = config.residual_gain
-        layers: list[nn.Module] = [nn.Conv2d(3, config.base_width, 7, padding=3)]
-        width = config.base_width
+        layers: list[nn.Module] = [nn.Conv2d(3, config.width, 7, padding=3)]
+        width = config.width
         for g, group_width in enumerate(config.widths):
             for _ in range(config.blocks_per_group):
                 layers.append(ResidualBlock(width, group_width, gain, kernels=(3, 3, 3, 1)))
                 width = group_width
             if g < config.num_groups - 1:
                 layers.append(nn.MaxPool2d(2))
-        out = config.codebook_size if config.quantizer == "gumbel" else config.embed_dim
-        layers += [nn.ReLU(), nn.Conv2d(width, out, 1)]
+        layers.append(nn.ReLU())
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,15 +114,13 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(B, K, h, w) one-hot or relaxed codes -> (B, 6, H, W): mu and ln b per RGB channel."""
+    """(B, E, h, w) code vectors -> (B, 6, H, W): mu and ln b per RGB channel."""
 
     def __init__(self, config: DVAEConfig):
         super().__init__()
         gain = config.residual_gain
-        self.codebook = nn.Conv2d(config.codebook_size, config.embed_dim, 1)
-        self.normalized = config.quantizer == "vq"
         layers: list[nn.Module] = []
-        width = config.embed_dim
+        width = config.code_width
         for g, group_width in enumerate(reversed(config.widths)):
             for _ in range(config.blocks_per_group):
                 layers.append(ResidualBlock(width, group_width, gain, kernels=(1, 3, 3, 3)))
@@ -134,38 +130,37 @@ class Decoder(nn.Module):
         layers += [nn.ReLU(), nn.Conv2d(width, 6, 1)]
         self.layers = nn.Sequential(*layers)
 
-    def codebook_vectors(self) -> torch.Tensor:
-        """(K, E): the vector of each code (unit length for the vq quantizer)."""
-        table = self.codebook.weight[:, :, 0, 0].t()
-        return F.normalize(table, dim=1) if self.normalized else table + self.codebook.bias
-
-    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """(B, h, w) int64 -> (B, E, h, w): the 1x1 conv of a one-hot input, as a lookup."""
-        return F.embedding(codes, self.codebook_vectors()).permute(0, 3, 1, 2)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.layers(self.codebook(z))
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        return self.layers(vectors)
 
 
 class DVAEOutput(NamedTuple):
-    logits: torch.Tensor  # (B, K, h, w) encoder logits (vq: cosine similarities)
+    scores: torch.Tensor  # (B, K, h, w) encoder logits (vq: cosine similarities)
     mu: torch.Tensor  # (B, 3, H, W) logit-Laplace location
     log_b: torch.Tensor  # (B, 3, H, W) logit-Laplace log-scale
     codes: torch.Tensor  # (B, h, w) int64 argmax codes
-    vq_loss: torch.Tensor | None = None  # vq: codebook + 0.25 * commitment loss, else None
+    quantizer_loss: torch.Tensor  # the quantizer's term: KL to the prior, or codebook + commit
 
 
 class DiscreteVAE(Pretrained, nn.Module):
     """The image tokenizer: encode (B, 3, H, W) in [0, 1] -> (B, h, w) codes, and decode back."""
 
-    config_class, kind = DVAEConfig, "dVAE"
+    config_class, label = DVAEConfig, "dVAE"
 
     def __init__(self, config: DVAEConfig):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
+        self.quantizer = QUANTIZERS[config.quantizer](
+            config.widths[-1], config.codebook_size, config.code_width
+        )
         self.decoder = Decoder(config)
         self._init_weights()
+
+    # The ImageTokenizer interface (vqvae/tokenizer.py).
+    image_size = property(lambda self: self.config.image_size)
+    grid = property(lambda self: self.config.grid)
+    codebook_size = property(lambda self: self.config.codebook_size)
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -173,6 +168,8 @@ class DiscreteVAE(Pretrained, nn.Module):
                 fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
                 nn.init.normal_(module.weight, std=1.0 / math.sqrt(fan_in))
                 nn.init.zeros_(module.bias)
+        if isinstance(self.quantizer, VectorQuantizer):  # the scale of a 1x1 conv from K
+            nn.init.normal_(self.quantizer.codebook, std=1.0 / math.sqrt(self.codebook_size))
 
     @torch.no_grad()
     def init_output_bias(self, images: torch.Tensor) -> None:
@@ -196,47 +193,25 @@ class DiscreteVAE(Pretrained, nn.Module):
             raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}")
 
     def forward(
-        self, images: torch.Tensor, tau: float, generator: torch.Generator | None = None
+        self, images: torch.Tensor, tau: float = 1.0, seeds: list[int] | None = None
     ) -> DVAEOutput:
-        """Training pass with the Gumbel-softmax relaxation at temperature tau.
-
-        images: (B, 3, H, W) float in [0, 1].
-        """
+        """Training pass. images: (B, 3, H, W) float in [0, 1]; tau: the Gumbel temperature;
+        seeds: one per image for the Gumbel noise (see quantizer.gumbel_softmax)."""
         self._check_images(images)
-        if self.config.quantizer == "vq":
-            return self._forward_vq(images)
-        logits = self.encoder(map_pixels(images))
-        z = gumbel_softmax(logits, tau, generator, self.config.straight_through)
-        mu, log_b = self.decoder(z).chunk(2, dim=1)
-        return DVAEOutput(logits, mu, log_b, hard_codes(logits))
-
-    def _forward_vq(self, images: torch.Tensor) -> DVAEOutput:
-        vectors = F.normalize(self.encoder(map_pixels(images)).float(), dim=1)  # (B, E, h, w)
-        similarity = torch.einsum("behw,ke->bkhw", vectors, self.decoder.codebook_vectors())
-        codes = hard_codes(similarity)
-        quantized = self.decoder.embed_codes(codes)
-        # Codebook term pulls codes to the encoder's vectors; commitment the other way, weaker.
-        vq_loss = F.mse_loss(quantized, vectors.detach()) + 0.25 * F.mse_loss(
-            vectors, quantized.detach()
-        )
-        straight_through = vectors + (quantized - vectors).detach()
-        mu, log_b = self.decoder.layers(straight_through).chunk(2, dim=1)
-        return DVAEOutput(similarity, mu, log_b, codes, vq_loss)
+        quantized = self.quantizer(self.encoder(map_pixels(images)), tau, seeds)
+        mu, log_b = self.decoder(quantized.vectors).chunk(2, dim=1)
+        return DVAEOutput(quantized.scores, mu, log_b, quantized.codes, quantized.loss)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float in [0, 1] -> (B, h, w) int64 codes (argmax, no noise)."""
         self._check_images(images)
-        out = self.encoder(map_pixels(images))
-        if self.config.quantizer == "vq":
-            table = self.decoder.codebook_vectors()
-            out = torch.einsum("behw,ke->bkhw", F.normalize(out.float(), dim=1), table.float())
-        return hard_codes(out)
+        return self.quantizer.encode(self.encoder(map_pixels(images)))
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, h, w) int codes -> (B, 3, H, W) float images in [0, 1]."""
-        grid, size = self.config.grid_size, self.config.codebook_size
+        grid, size = self.config.grid, self.config.codebook_size
         if codes.ndim != 3 or codes.shape[1:] != (grid, grid):
             raise ValueError(
                 f"expected codes of shape (B, {grid}, {grid}), got {tuple(codes.shape)}"
@@ -245,6 +220,5 @@ class DiscreteVAE(Pretrained, nn.Module):
             raise ValueError(f"expected integer codes, got dtype {codes.dtype}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= size):
             raise ValueError(f"codes must lie in [0, {size}), got [{codes.min()}, {codes.max()}]")
-        embedded = self.decoder.embed_codes(codes.long())
-        mu = self.decoder.layers(embedded)[:, :3]
+        mu = self.decoder(self.quantizer.embed(codes.long()))[:, :3]
         return unmap_pixels(torch.sigmoid(mu.float()))

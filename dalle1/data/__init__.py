@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from dalle1.data.folder import ImageFolderDataset
 from dalle1.data.shards import TarShardDataset
+from dalle1.data.token_cache import TokenCacheDataset, cache_captions, is_token_cache
 
 
 def open_source(
@@ -31,10 +31,8 @@ def iter_captions(source: str) -> Iterator[str]:
     """Every caption of a source: an image folder, tar shards or a token cache (for the
     tokenizer). Folders and caches are read without decoding any image."""
     path = Path(source)
-    if (path / "meta.json").is_file():  # a token cache
-        for shard in json.loads((path / "meta.json").read_text())["shards"]:
-            for captions in json.loads((path / f"captions_{shard}.json").read_text()):
-                yield from captions
+    if is_token_cache(path):
+        yield from cache_captions(path)
     elif path.is_dir():
         for _, captions in ImageFolderDataset(path, 8).items:
             yield from captions
@@ -43,4 +41,11 @@ def iter_captions(source: str) -> Iterator[str]:
             yield from joined.split("\n")
 
 
-__all__ = ["ImageFolderDataset", "TarShardDataset", "iter_captions", "open_source"]
+__all__ = [
+    "ImageFolderDataset",
+    "TarShardDataset",
+    "TokenCacheDataset",
+    "is_token_cache",
+    "iter_captions",
+    "open_source",
+]

@@ -5,22 +5,26 @@ image -> text top-1 retrieval accuracy among the batch. With `data.hard_negative
 image also meets an altered copy of its caption (`negative_accuracy`: how often it prefers its
 own); with `data.mirror_words` (`data.flip_words`), scenes whose captions say left or right
 (above or below) also join the batch mirrored left to right (flipped top to bottom).
+
+On many processes (`torchrun`) the contrastive loss is that of the whole global batch: each
+process scores its own rows against every process's embeddings.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.utils.data import DataLoader
 
 from dalle1.caption_negatives import CaptionNegatives, caption_words, mirror_caption
-from dalle1.clip import CLIP, CLIPConfig
+from dalle1.clip import CLIP, CLIPConfig, contrastive_loss
 from dalle1.data import open_source
 from dalle1.tokenizer import TextTokenizer
 from dalle1.training import OptimConfig, TrainConfig, Trainer
+from dalle1.training.distributed import all_gather_cat
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +34,7 @@ class CLIPDataConfig:
     source: str = "data/shapes/train"  # image folder or tar shards
     eval_source: str | None = None  # held-out images for retrieval accuracy; None: from source
     eval_images: int = 64
-    tokenizer: str = "runs/tokenizer.model"  # from `train.py tokenizer`
+    text_tokenizer: str = "runs/tokenizer.model"  # from `train.py tokenizer`
     # Groups of interchangeable words, e.g. [[red, green, blue], [left, right]]: each caption
     # gets an altered copy (two words of a group swapped, or one replaced) as a hard negative
     # for its image; see dalle1/caption_negatives.py. Empty: off.
@@ -63,17 +67,6 @@ class CLIPRunConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/clip"))
 
 
-def load_tokenizer(path: str, text_length: int, model_vocab: int) -> TextTokenizer:
-    """The tokenizer a model was (or will be) trained with; its vocabulary must match."""
-    tokenizer = TextTokenizer(path, text_length)
-    if model_vocab and model_vocab != tokenizer.vocab_size:
-        raise ValueError(
-            f"the tokenizer {path!r} has {tokenizer.vocab_size} ids but the model expects "
-            f"text_vocab_size {model_vocab}"
-        )
-    return tokenizer
-
-
 def retrieval_accuracy(model: CLIP, images: torch.Tensor, text: torch.Tensor) -> dict:
     """Top-1 accuracy of matching each caption to its image among the batch, and back."""
     similarity = model.encode_text(text) @ model.encode_images(images).t()
@@ -90,67 +83,104 @@ def add_mirrored(
     pairs: list[list[str]],
     dim: int = -1,
     unless: list[str] | None = None,
-) -> tuple[torch.Tensor, list[str]]:
+) -> tuple[torch.Tensor, list[str], list[int]]:
     """(B, 3, S, S) images and their captions, followed by the mirror along `dim` (-1: left to
     right, -2: top to bottom) of each one whose caption changes under it (see mirror_caption)
-    and holds no word of `unless`: (B + M, 3, S, S), B + M captions."""
+    and holds no word of `unless`: (B + M, 3, S, S), B + M captions, and the M indices mirrored."""
     mirrored = [
         mirror_caption(c, pairs) if set(caption_words(c)).isdisjoint(unless or ()) else None
         for c in captions
     ]
     keep = [i for i, m in enumerate(mirrored) if m is not None]
     if not keep:
-        return images, captions
+        return images, captions, keep
     flipped = images[keep].flip(dim)
-    return torch.cat([images, flipped]), captions + [mirrored[i] for i in keep]
+    return torch.cat([images, flipped]), captions + [mirrored[i] for i in keep], keep
 
 
-def train_clip(config: CLIPRunConfig, resume: bool = False) -> Trainer:
-    torch.manual_seed(config.train.seed)
-    tokenizer = load_tokenizer(
-        config.data.tokenizer, config.model.text_length, config.model.text_vocab_size
-    )
-    config.model.text_vocab_size = tokenizer.vocab_size
-    size = config.model.image_size
-    dataset = open_source(config.data.source, size, train=True, seed=config.train.seed)
-    eval_source = config.data.eval_source or config.data.source
-    eval_set = open_source(eval_source, size, train=False, seed=config.train.seed)
-    eval_images, eval_captions = next(
-        iter(DataLoader(eval_set, batch_size=config.data.eval_images))
-    )
-    eval_text = tokenizer.encode_batch(list(eval_captions))
-    trainer = Trainer(config.train, config.optim, CLIP(config.model), dataset, config)
-    if resume and not trainer.resume():
-        logger.info("no checkpoint in %s: starting from scratch", trainer.checkpoint_root)
-
-    data = config.data
-    negatives = CaptionNegatives(data.hard_negative_groups)
-
-    def step_fn(model: CLIP, batch, step: int):
-        images, captions = batch
-        captions = list(captions)
-        if data.mirror_words:
-            images, captions = add_mirrored(images, captions, data.mirror_words)
-        if data.flip_words:
-            images, captions = add_mirrored(
-                images, captions, data.flip_words, dim=-2, unless=data.flip_unless
-            )
-        text = tokenizer.encode_batch(captions).to(trainer.device)
-        images = images.to(trainer.device)
-        if not data.hard_negative_groups:
-            return model(images, text)
-        # Seeded by (seed, step): the same negatives after a resume.
-        rng = random.Random(config.train.seed * 1_000_003 + step)
-        altered = [negatives.make(c, rng) for c in captions]
-        has_negative = torch.tensor([a is not None for a in altered], device=trainer.device)
-        negative_text = tokenizer.encode_batch([a or "" for a in altered]).to(trainer.device)
-        return model(images, text, negative_text, has_negative)
-
-    def eval_fn(model: CLIP, step: int):
-        accuracy = retrieval_accuracy(
-            model, eval_images.to(trainer.device), eval_text.to(trainer.device)
+def training_batch(images: torch.Tensor, captions: list[str], ids: list[int], data: CLIPDataConfig):
+    """The batch with its mirrored and flipped scenes, and an id per row that names the scene
+    and its variant (4 x index in the global batch, + 1 mirrored, + 2 flipped), so that what
+    is drawn for a row does not depend on which process holds it."""
+    if data.mirror_words:
+        images, captions, kept = add_mirrored(images, captions, data.mirror_words)
+        ids = ids + [ids[i] + 1 for i in kept]
+    if data.flip_words:
+        images, captions, kept = add_mirrored(
+            images, captions, data.flip_words, dim=-2, unless=data.flip_unless
         )
-        return accuracy, {}
+        ids = ids + [ids[i] + 2 for i in kept]
+    return images, captions, ids
 
-    trainer.fit(step_fn, eval_fn)
-    return trainer
+
+class CLIPStage:
+    """The CLIP stage's parts: tokenizer, data, trainer, and its step and evaluation."""
+
+    def __init__(self, config: CLIPRunConfig, resume: bool, restart: bool) -> None:
+        torch.manual_seed(config.train.seed)
+        data = config.data
+        self.tokenizer = TextTokenizer.load(
+            data.text_tokenizer, config.model.text_length, config.model.text_vocab_size
+        )
+        model_config = replace(config.model, text_vocab_size=self.tokenizer.vocab_size)
+        self.config = config = replace(config, model=model_config)
+        size, seed = model_config.image_size, config.train.seed
+        dataset = open_source(data.source, size, train=True, seed=seed)
+        eval_set = open_source(data.eval_source or data.source, size, train=False, seed=seed)
+        loader = DataLoader(eval_set, batch_size=data.eval_images)
+        self.eval_images, eval_captions = next(iter(loader))
+        self.eval_text = self.tokenizer.encode_batch(list(eval_captions))
+        self.trainer = Trainer(config.train, config.optim, CLIP(model_config), dataset, config)
+        self.trainer.start(resume, restart)
+        self.negatives = CaptionNegatives(data.hard_negative_groups)
+
+    def altered_captions(self, captions: list[str], ids: list[int], step: int) -> torch.Tensor:
+        """(B, T) ids of each caption's hard negative (padding-only where it has none) and
+        (B,) bool: which have one. Seeded by (seed, step, row id): the same after a resume and
+        on any number of processes."""
+        seed = self.config.train.seed * 1_000_003 + step
+        altered = [
+            self.negatives.make(c, random.Random(seed * 1009 + i))
+            for c, i in zip(captions, ids, strict=True)
+        ]
+        has_negative = torch.tensor([a is not None for a in altered])
+        return self.tokenizer.encode_batch([a or "" for a in altered]), has_negative
+
+    def step(self, model: CLIP, batch, step: int):
+        trainer, device = self.trainer, self.trainer.device
+        images, captions = batch
+        first = trainer.rank * trainer.local_batch
+        ids = [4 * (first + i) for i in range(len(images))]
+        images, captions, ids = training_batch(images, list(captions), ids, self.config.data)
+        rows = len(images)
+        text = self.tokenizer.encode_batch(captions)
+        if self.config.data.hard_negative_groups:
+            negative_text, has_negative = self.altered_captions(captions, ids, step)
+            text = torch.cat([text, negative_text])
+        out = model(images.to(device), text.to(device))
+        # The loss of the whole global batch: every process's embeddings, gradients to its own.
+        sizes = all_gather_cat(torch.tensor([rows], device=device))
+        first_row = int(sizes[: trainer.rank].sum())
+        negative_emb = negative_mask = None
+        if len(out.text) > rows:
+            negative_emb = all_gather_cat(out.text[rows:], with_grad=True)
+            negative_mask = all_gather_cat(has_negative.byte().to(device)).bool()
+        loss, metrics = contrastive_loss(
+            all_gather_cat(out.images, with_grad=True),
+            all_gather_cat(out.text[:rows], with_grad=True),
+            out.scale,
+            negative_emb,
+            negative_mask,
+            slice(first_row, first_row + rows),
+        )
+        return loss * trainer.world, metrics  # DDP averages the processes' gradients
+
+    def evaluate(self, model: CLIP, step: int):
+        device = self.trainer.device
+        return retrieval_accuracy(model, self.eval_images.to(device), self.eval_text.to(device)), {}
+
+
+def train_clip(config: CLIPRunConfig, resume: bool = False, restart: bool = False) -> Trainer:
+    stage = CLIPStage(config, resume, restart)
+    stage.trainer.fit(stage.step, stage.evaluate)
+    return stage.trainer

@@ -1,10 +1,12 @@
 """Training on many processes: DDP (every rank holds the whole model) or FSDP (each rank holds a
-shard of the parameters, gradients and optimizer state), and checkpoints that do not depend on it.
+shard of the parameters, gradients and optimizer state), the EMA copy, and checkpoints that do not
+depend on either.
 
-`torchrun --nproc_per_node=N train.py STAGE ...` starts N processes; `train.parallel` picks
-`ddp` or `fsdp`. FSDP (torch's `fully_shard`) shards each transformer block and then the rest of
-the model, so a model whose weights, gradients and AdamW moments do not fit one device trains
-across several.
+`torchrun --nproc_per_node=N train.py STAGE ...` starts N processes for any stage;
+`train.parallel` picks `ddp` or `fsdp`; `init_distributed` is the one place that joins the
+process group (the Trainer calls it). FSDP (torch's `fully_shard`) shards each transformer block
+and then the rest of the model, so a model whose weights, gradients and AdamW moments do not fit
+one device trains across several.
 
 Checkpoints always hold whole tensors keyed by parameter name, gathered onto rank 0's CPU memory
 and written by rank 0 only; on resume rank 0 reads them and sends each rank its part. So a run
@@ -14,12 +16,17 @@ saved under FSDP on 8 processes resumes on 1, or under DDP, and the other way ro
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 PARALLEL_MODES = ("ddp", "fsdp")
 
@@ -38,6 +45,83 @@ def distributed_context() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+@dataclass
+class ParallelModels:
+    """The modules of one training run, placed and wrapped for its processes."""
+
+    model: nn.Module  # the model being optimised (sharded in place under FSDP)
+    train_model: nn.Module  # what a step calls: the DDP wrapper under DDP, else `model`
+    ema: nn.Module | None  # the parameter EMA copy (sharded like `model`), or None
+    sharded: bool  # FSDP: every rank must take part in evaluation and checkpoints
+
+
+def wrap_for_training(
+    model: nn.Module, parallel: str, ema_decay: float, device: torch.device
+) -> ParallelModels:
+    """The EMA copy (when ema_decay > 0), FSDP sharding or DDP, and the move to `device`."""
+    rank, world = distributed_context()
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if ema_decay > 0 else None
+    sharded = world > 1 and parallel == "fsdp"
+    if sharded:  # before moving: only each rank's shards go to its device
+        for module in (model, ema):
+            if module is not None:
+                shard(module)
+    model = model.to(device)
+    if ema is not None:
+        ema.to(device)
+    train_model = model
+    if world > 1 and not sharded:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = DistributedDataParallel(model, device_ids=ids)
+    if world > 1 and rank == 0:
+        logger.info("training on %d processes (%s)", world, "FSDP, sharded" if sharded else "DDP")
+    return ParallelModels(model, train_model, ema, sharded)
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """ema <- decay * ema + (1 - decay) * model, with the decay warmed up over the first steps
+    (early weights are forgotten fast); depends on the step only, so a resume continues it."""
+    decay = min(decay, (1 + step) / (10 + step))
+    for averaged, live in zip(ema.parameters(), model.parameters(), strict=True):
+        averaged.lerp_(live, 1 - decay)
+    for averaged, live in zip(ema.buffers(), model.buffers(), strict=True):
+        averaged.copy_(live)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """In place: the sum over all processes (a no-op on one)."""
+    if distributed_context()[1] > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def all_gather_cat(tensor: torch.Tensor, with_grad: bool = False) -> torch.Tensor:
+    """Every process's (n_rank, ...) tensor, concatenated in rank order (itself on one process).
+
+    The n_rank may differ. with_grad: gradients flow back to each process's own rows (CLIP's
+    contrastive loss over the global batch).
+    """
+    world = distributed_context()[1]
+    if world == 1:
+        return tensor
+    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
+    sizes = [int(n) for n in sizes]
+    padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded = torch.cat([tensor, padded[len(tensor) :]]).contiguous()
+    if with_grad:
+        import torch.distributed.nn.functional as dist_nn
+
+        parts = list(dist_nn.all_gather(padded))
+    else:
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
 
 
 def shard(model: nn.Module) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dalle1.data.shapes import BACKGROUND, CELL_CENTRES, COLUMNS, PALETTE, ROWS, SIZES
+from dalle1.shapes.scenes import BACKGROUND, CELL_CENTRES, COLUMNS, PALETTE, ROWS, SIZES
 
 COLOUR_NAMES = list(PALETTE)
 FOREGROUND_ALPHA = 0.5  # share of palette colour (vs white) that makes a pixel foreground

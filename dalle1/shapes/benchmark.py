@@ -18,9 +18,9 @@ from tqdm import tqdm
 from dalle1.clip import rerank
 from dalle1.data.transforms import read_image
 from dalle1.images import to_pil
-from dalle1.judge import judge_image, summarize
 from dalle1.pipeline import Pipeline
 from dalle1.sampling import SamplingConfig
+from dalle1.shapes.judge import judge_image, summarize
 
 SUITES = ("single", "pair", "novel", "completion")
 
@@ -56,11 +56,11 @@ def evaluate_suite(
             f"need candidates >= 1 and 1 <= keep <= candidates, got {candidates}, {keep}"
         )
     scenes = read_suite(Path(folder), n)
-    size = pipe.dvae.config.image_size
-    rows = pipe.dalle.config.image_grid // 2
+    size = pipe.image_tokenizer.image_size
+    rows = pipe.dalle.config.grid // 2
     first, reranked, kept = {}, {}, {}
     # Candidates in drawing order from this one, then CLIP's order of them.
-    pipe_without_clip = Pipeline(pipe.dalle, pipe.dvae, pipe.tokenizer)
+    pipe_without_clip = Pipeline(pipe.dalle, pipe.image_tokenizer, pipe.tokenizer)
     for index, (name, caption, spec) in enumerate(tqdm(scenes, desc=suite, disable=not progress)):
         if suite == "completion":
             image = read_image(Path(folder) / f"{name}.png", size)

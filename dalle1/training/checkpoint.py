@@ -1,0 +1,239 @@
+"""Training checkpoints: their layout, and saving and resuming a run with them.
+
+    RUN/checkpoints/step_0005000/
+        model.safetensors, model_config.json   the weights for inference (EMA when enabled)
+        train_weights.safetensors              the weights being optimised (when EMA is on)
+        optimizer.pt, rng.pt, stage_state.pt   loaded with weights_only=True
+        state.json                             step and data position
+        config.yaml                            the resolved run config
+
+A checkpoint is written into a temporary folder that is renamed into place only once every file
+is on disk, so a process killed at any moment leaves the previous checkpoint intact and never a
+half-written one under a step name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dalle1.config import save_config
+from dalle1.training import distributed
+from pretrained import STEP_PATTERN, WEIGHTS_FILE, check_fits
+
+logger = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".tmp_"
+TRAIN_WEIGHTS_FILE = "train_weights.safetensors"
+
+
+class RunExistsError(ValueError):
+    """A run folder with checkpoints was started neither with --resume nor with --restart."""
+
+
+def step_folder(root: str | Path, step: int) -> Path:
+    return Path(root) / f"step_{step:07d}"
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoint folders under `root`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_PATTERN.match(p.name)]
+    return sorted(found, key=lambda p: int(STEP_PATTERN.match(p.name).group(1)))
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@contextmanager
+def atomic_checkpoint(root: str | Path, step: int, keep: int) -> Iterator[Path]:
+    """Yield a temporary folder to fill; on success it becomes step_XXXXXXX and old ones go.
+
+    keep: how many checkpoints to keep (the newest), at least 1.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(f"{TEMP_PREFIX}*"):  # left by a process killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
+    temp = root / f"{TEMP_PREFIX}step_{step:07d}_{os.getpid()}"
+    temp.mkdir()
+    try:
+        yield temp
+        _fsync_tree(temp)
+        final = step_folder(root, step)
+        if final.exists():  # saving the same step again (e.g. final save after a periodic one)
+            shutil.rmtree(final)
+        os.rename(temp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(root)[: -max(keep, 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """Saves and resumes one run: weights, EMA, optimizer, RNG, stage tensors, data position.
+
+    Every rank takes part (FSDP gathers whole tensors); only rank 0 writes files. On resume
+    rank 0 reads the weights and each rank gets its part; every rank reads the small files, so
+    the run folder must be on a file system they all see.
+    """
+
+    def __init__(self, run_dir: str | Path, keep: int) -> None:
+        self.root = Path(run_dir) / "checkpoints"
+        self.keep = keep
+        self.rank = distributed.distributed_context()[0]
+
+    def latest(self) -> Path | None:
+        return latest_checkpoint(self.root)
+
+    def prepare(self, resume: bool, restart: bool) -> bool:
+        """Whether to resume. A run folder with checkpoints is never started over silently:
+        `resume` continues it, `restart` moves its checkpoints aside, anything else stops."""
+        latest = self.latest()
+        if latest is None or resume:
+            if resume and latest is None:
+                logger.info("no checkpoint in %s: starting from scratch", self.root)
+            return latest is not None
+        if not restart:
+            raise RunExistsError(
+                f"{str(self.root.parent)!r} already holds checkpoints (newest {latest.name}): "
+                "pass --resume to continue it, or --restart to start anew (its checkpoints "
+                "are moved to checkpoints_replaced_TIME/)"
+            )
+        if self.rank == 0:
+            aside = self.root.with_name(f"checkpoints_replaced_{time.strftime('%Y%m%d-%H%M%S')}")
+            self.root.rename(aside)
+            logger.info("starting anew: the earlier checkpoints are in %s", aside)
+        if distributed.distributed_context()[1] > 1:
+            torch.distributed.barrier()  # no rank may see the old folder after this
+        return False
+
+    def save(
+        self,
+        model: nn.Module,
+        ema: nn.Module | None,
+        optimizer: torch.optim.Optimizer,
+        stage_state: dict[str, torch.Tensor],
+        position: dict[str, int],
+        run_config: Any,
+    ) -> Path | None:
+        """Write checkpoints/step_{position['step']}; returns it on rank 0, None elsewhere."""
+        weights = distributed.model_state(model)
+        inference = weights if ema is None else distributed.model_state(ema)
+        optimizer_state = distributed.optimizer_state(model, optimizer)
+        if self.rank != 0:
+            return None
+        with atomic_checkpoint(self.root, position["step"], self.keep) as folder:
+            model.save_pretrained(folder, inference)
+            if ema is not None:
+                save_file(weights, folder / TRAIN_WEIGHTS_FILE)
+            torch.save(optimizer_state, folder / "optimizer.pt")
+            torch.save(rng_state(), folder / "rng.pt")
+            torch.save(stage_state, folder / "stage_state.pt")
+            (folder / "state.json").write_text(json.dumps(position))
+            save_config(run_config, folder / "config.yaml")
+        final = step_folder(self.root, position["step"])
+        logger.info("saved checkpoint %s", final)
+        return final
+
+    def load(
+        self,
+        model: nn.Module,
+        ema: nn.Module | None,
+        optimizer: torch.optim.Optimizer,
+        stage_state: dict[str, torch.Tensor],
+        device: torch.device,
+    ) -> dict[str, int]:
+        """Restore the newest checkpoint into the given modules and tensors (in place);
+        returns its position (step, epoch, batch_in_epoch)."""
+        folder = self.latest()
+        files, error = {}, None
+        if self.rank == 0:
+            try:
+                files = self._read_weights(folder, model, ema is not None)
+            except Exception as err:  # a corrupt file raises many kinds of errors
+                error = err if isinstance(err, ValueError) else ValueError(str(err))
+        if distributed.distributed_context()[1] > 1:  # the others must not wait for nothing
+            message = [str(error) if error else None]
+            torch.distributed.broadcast_object_list(message, src=0)
+            error = error or (ValueError(message[0]) if message[0] else None)
+        if error is not None:
+            raise ValueError(f"cannot resume from {str(folder)!r}: {error}") from error
+        distributed.load_model_state(model, files.get("train", {}))
+        if ema is not None:
+            distributed.load_model_state(ema, files.get("inference", {}))
+        distributed.load_optimizer_state(model, optimizer, files.get("optimizer", {}))
+        try:
+            rng = torch.load(folder / "rng.pt", weights_only=True)
+            saved = torch.load(folder / "stage_state.pt", map_location=device, weights_only=True)
+            position = json.loads((folder / "state.json").read_text())
+        except Exception as err:
+            raise ValueError(f"cannot resume from {str(folder)!r}: {err}") from err
+        set_rng_state(rng)
+        for key, value in saved.items():  # in place: the stage holds these tensors
+            if key in stage_state:
+                stage_state[key].copy_(value)
+            else:
+                stage_state[key] = value
+        logger.info("resumed from %s at step %d", folder, position["step"])
+        return position
+
+    @staticmethod
+    def _read_weights(folder: Path, model: nn.Module, has_ema: bool) -> dict[str, dict]:
+        """The checkpoint's weights and optimizer state on the CPU, checked against the model."""
+        inference = load_file(folder / WEIGHTS_FILE)
+        files = {"inference": inference, "train": inference}
+        if has_ema:
+            files["train"] = load_file(folder / TRAIN_WEIGHTS_FILE)
+        for weights in files.values():
+            check_fits(model, weights, str(folder))
+        files["optimizer"] = torch.load(folder / "optimizer.pt", weights_only=True)
+        return files

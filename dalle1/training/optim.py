@@ -1,0 +1,56 @@
+"""AdamW with decoupled weight decay on matrices, linear warm-up then cosine decay."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay."""
+
+    lr: float = 1e-4  # peak learning rate after warm-up, per optimizer step, not scaled by world
+    final_lr: float = 1.25e-6  # learning rate reached at train.max_steps
+    warmup_steps: int = 0  # linear warm-up from 0 over this many optimizer steps
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW beta1, beta2
+    eps: float = 1e-8  # AdamW epsilon
+    weight_decay: float = 1e-4  # decoupled decay, on weights of rank >= 2 only
+    grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
+
+    def __post_init__(self) -> None:
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.lr <= 0 or self.final_lr < 0:
+            raise ValueError(
+                f"lr must be positive and final_lr non-negative, got {self.lr}, {self.final_lr}"
+            )
+
+
+def lr_at(step: int, optim: OptimConfig, max_steps: int) -> float:
+    """Linear warm-up to optim.lr, then half-cosine decay to optim.final_lr at max_steps."""
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    span = max(max_steps - optim.warmup_steps, 1)
+    progress = min((step - optim.warmup_steps) / span, 1.0)
+    return optim.final_lr + (optim.lr - optim.final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and conv kernels, none on biases, norms, gains."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+
+
+def clip_gradients(model: nn.Module, max_norm: float) -> float:
+    """Clip the global gradient norm to max_norm (0: no clipping); returns the norm before."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf))
