@@ -94,11 +94,11 @@ def run_complete(args: argparse.Namespace) -> None:
             image,
             args.rows,
             args.caption,
-            args.n,
-            args.keep,
-            sampling_config(args),
-            args.seed,
-            bar.update,
+            n=args.n,
+            keep=args.keep,
+            config=sampling_config(args),
+            seed=args.seed,
+            progress=bar.update,
         )
     write_results(images, scores, Path(args.out), args.save_each, "completion", first=image)
     print(f"{args.out}: the original, then {len(images)} of {args.n} completions")
@@ -170,11 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_generation_commands(commands)
+    add_benchmark_commands(commands)
+    return parser
 
+
+def add_generation_commands(commands) -> None:
     sample = commands.add_parser(
         "sample",
         help="text -> reranked image grid",
-        description="Draw N candidates per caption, decode them with the dVAE, rerank with CLIP "
+        description="Draw N candidates per caption, decode them with the image tokenizer, rerank "
+        "with CLIP "
         "and write the best KEEP as a grid, best first.",
     )
     sample.add_argument("captions", nargs="*", help="one or more captions")
@@ -200,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(complete)
     complete.set_defaults(handler=run_complete)
 
+
+def add_benchmark_commands(commands) -> None:
     evaluate = commands.add_parser(
         "eval",
         help="the shapes benchmark: generate for a suite and judge every candidate",
@@ -232,7 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--json", help="also write the report to this file")
     judge.add_argument("--quiet", action="store_true", help="no progress bar")
     judge.set_defaults(handler=run_judge)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -142,13 +142,7 @@ class Block(nn.Module):
             nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width)
         )
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        masks: AttentionMasks | None = None,
-        cache: KVCache | None = None,
-        layer: int = 0,
-        start: int = 0,
-    ) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), masks, cache, layer, start)
+    def forward(self, x: torch.Tensor, *attention_args) -> torch.Tensor:
+        """attention_args: what SelfAttention.forward takes after x (masks, cache, ...)."""
+        x = x + self.attn(self.norm1(x), *attention_args)
         return x + self.mlp(self.norm2(x))

@@ -48,61 +48,63 @@ def finished(run_dir: Path, max_steps: int) -> bool:
     )
 
 
-def run_demo(
-    out: str | Path,
-    size: int = 64,
-    holdout: str = "red:triangle,blue:circle",
-    evaluate: bool = True,
-) -> dict:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    report_path = out / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    timings = report.setdefault("seconds", {})
+class Demo:
+    """The demo's run folder: each stage is done once, timed, and recorded in report.json."""
 
-    def stage(name: str, work) -> None:
+    def __init__(self, out: Path, size: int, holdout: str) -> None:
+        self.out, self.size = out, size
+        self.pairs = [s for s in holdout.split(",") if s]
+        self.data, self.tokenizer = out / "data", out / "tokenizer.model"
+        out.mkdir(parents=True, exist_ok=True)
+        self.report_path = out / "report.json"
+        self.report = json.loads(self.report_path.read_text()) if self.report_path.is_file() else {}
+        self.timings = self.report.setdefault("seconds", {})
+
+    def stage(self, name: str, work) -> None:
+        """Run work() (True: it did something, False: all was there) and record its time."""
         start = time.perf_counter()
         did = work()
-        if did or name not in timings:
-            timings[name] = round(time.perf_counter() - start, 1)
-        report_path.write_text(json.dumps(report, indent=1))
-        print(f"[demo] {name}: {'done' if did else 'reused'} ({timings[name]} s)", flush=True)
+        if did or name not in self.timings:
+            self.timings[name] = round(time.perf_counter() - start, 1)
+        self.report_path.write_text(json.dumps(self.report, indent=1))
+        print(f"[demo] {name}: {'done' if did else 'reused'} ({self.timings[name]} s)", flush=True)
 
-    data = out / "data"
-    pairs = [s for s in holdout.split(",") if s]
-
-    def make_data() -> bool:
+    def make_data(self) -> bool:
         made = False
         for split, n in SPLIT_SIZES.items():
-            folder = data / split
+            folder = self.data / split
             if (folder / f"{split}_config.yaml").is_file():
                 continue
-            values = {"out": str(folder), "n": n, "size": size, "split": split, "holdout": pairs}
-            config = load_config(ShapesConfig, None, (), values)
+            values = {"out": str(folder), "n": n, "size": self.size, "split": split}
+            config = load_config(ShapesConfig, None, (), values | {"holdout": self.pairs})
             write_split(config)
             accuracy = judge_folder(folder, progress=False)["accuracy"]
-            report.setdefault("data", {})[split] = {"n": n, "judge_accuracy": accuracy}
+            self.report.setdefault("data", {})[split] = {"n": n, "judge_accuracy": accuracy}
             save_config(config, folder / f"{split}_config.yaml")  # last: marks the split done
             made = True
         return made
 
-    stage("data", make_data)
-
-    tokenizer = out / "tokenizer.model"
-
-    def make_tokenizer() -> bool:
-        if tokenizer.is_file():
+    def make_tokenizer(self) -> bool:
+        if self.tokenizer.is_file():
             return False
-        train_tokenizer(iter_captions(str(data / "train")), TOKENIZER_VOCAB, tokenizer)
+        train_tokenizer(iter_captions(str(self.data / "train")), TOKENIZER_VOCAB, self.tokenizer)
         return True
 
-    stage("tokenizer", make_tokenizer)
+    def encode(self) -> bool:
+        done = False
+        for split in ("train", "single"):
+            cache = self.out / "cache" / split
+            if not (cache / "meta.json").is_file():
+                encode_dataset(self.out / "vqvae", str(self.data / split), cache)
+                done = True
+        return done
 
-    def trained(kind: str, config_cls, train_fn, overrides: list[str]):
-        """The work of a training stage: train configs/KIND_shapes.yaml unless finished."""
+    def trained(self, kind: str, config_cls, train_fn, overrides: list[str]):
+        """The work of a training stage: configs/KIND_shapes.yaml into OUT/KIND, unless done."""
 
         def work() -> bool:
-            config = load_config(config_cls, CONFIGS / f"{kind}_shapes.yaml", overrides)
+            args = [*overrides, f"train.run_dir={self.out / kind}"]
+            config = load_config(config_cls, CONFIGS / f"{kind}_shapes.yaml", args)
             if finished(Path(config.train.run_dir), config.train.max_steps):
                 return False
             train_fn(config, resume=True)
@@ -110,22 +112,23 @@ def run_demo(
 
         return work
 
-    def encode() -> bool:
-        done = False
-        for split in ("train", "single"):
-            if not (out / "cache" / split / "meta.json").is_file():
-                encode_dataset(out / "vqvae", str(data / split), out / "cache" / split)
-                done = True
-        return done
 
-    train_data, image_size = f"data.source={data / 'train'}", f"model.image_size={size}"
-    vqvae_args = [train_data, image_size, f"data.eval_source={data / 'single'}"]
-    vqvae_args.append(f"train.run_dir={out / 'vqvae'}")
-    stage("vqvae", trained("vqvae", VQVAERunConfig, train_vqvae, vqvae_args))
-    stage("token cache", encode)
-    clip_args = [train_data, image_size, f"data.eval_source={data / 'pair'}"]
-    clip_args += [f"data.text_tokenizer={tokenizer}", f"train.run_dir={out / 'clip'}"]
-    stage("clip", trained("clip", CLIPRunConfig, train_clip, clip_args))
+def run_demo(
+    out: str | Path,
+    size: int = 64,
+    holdout: str = "red:triangle,blue:circle",
+    evaluate: bool = True,
+) -> dict:
+    demo = Demo(Path(out), size, holdout)
+    out, data, tokenizer = demo.out, demo.data, demo.tokenizer
+    demo.stage("data", demo.make_data)
+    demo.stage("tokenizer", demo.make_tokenizer)
+    images = [f"data.source={data / 'train'}", f"model.image_size={size}"]
+    vqvae_args = [*images, f"data.eval_source={data / 'single'}"]
+    demo.stage("vqvae", demo.trained("vqvae", VQVAERunConfig, train_vqvae, vqvae_args))
+    demo.stage("token cache", demo.encode)
+    clip_args = [*images, f"data.eval_source={data / 'pair'}", f"data.text_tokenizer={tokenizer}"]
+    demo.stage("clip", demo.trained("clip", CLIPRunConfig, train_clip, clip_args))
     samples = [read_caption(data / s, i) for s in ("single", "pair", "novel") for i in (0, 1)]
     dalle_args = [
         f"data.source={out / 'cache' / 'train'}",
@@ -133,18 +136,17 @@ def run_demo(
         f"data.image_tokenizer={out / 'vqvae'}",
         f"data.text_tokenizer={tokenizer}",
         f"data.clip={out / 'clip'}",
-        f"train.run_dir={out / 'dalle'}",
         f"data.sample_captions={json.dumps(samples[::2])}",
     ]
-    stage("dalle", trained("dalle", DALLERunConfig, train_dalle, dalle_args))
-    stage("samples", lambda: write_samples(out, samples))
+    demo.stage("dalle", demo.trained("dalle", DALLERunConfig, train_dalle, dalle_args))
+    demo.stage("samples", lambda: write_samples(out, samples))
     if evaluate:
-        stage("eval", lambda: run_benchmark(out, report))
+        demo.stage("eval", lambda: run_benchmark(out, demo.report))
     print(
         f"[demo] grids in {out / 'samples'}, completion {out / 'completion.png'}, "
-        f"report {report_path}"
+        f"report {demo.report_path}"
     )
-    return report
+    return demo.report
 
 
 def read_caption(folder: Path, index: int) -> str:
@@ -168,7 +170,7 @@ def write_samples(out: Path, captions: list[str]) -> bool:
     caption = scene.with_suffix(".txt").read_text().splitlines()[0]
     image = read_image(scene, pipe.image_tokenizer.image_size)
     rows = pipe.dalle.config.grid // 2
-    images, _ = pipe.complete(image, rows, caption, SAMPLES, KEEP)
+    images, _ = pipe.complete(image, rows, caption, n=SAMPLES, keep=KEEP)
     grid = make_grid(torch.cat([image[None], images]), columns=KEEP + 1)
     save_image(grid, out / "completion.png")
     (out / "completion.txt").write_text(f"{scene.name}: {caption} (top {rows} code rows kept)\n")

@@ -88,7 +88,23 @@ class Pipeline:
     def device(self) -> torch.device:
         return next(self.dalle.parameters()).device
 
-    def _draw(self, caption, n, keep, config, seed, prefix, progress):
+    @torch.no_grad()
+    def sample(
+        self,
+        caption: str,
+        n: int = 64,
+        keep: int | None = None,
+        config: SamplingConfig | None = None,
+        seed: int = 0,
+        progress=None,
+        prefix: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """n candidates for a caption, reranked by CLIP, best `keep` first.
+
+        prefix: (m,) codes of the first m cells (raster order) to keep in every candidate;
+        progress: optional callable(count) told how many candidates each batch finished.
+        Returns (images (keep, 3, S, S) in [0, 1], CLIP scores (keep,); NaN without CLIP).
+        """
         if not caption or not caption.strip():
             raise ValueError("the caption is empty")
         if keep is not None and not 1 <= keep:
@@ -109,41 +125,15 @@ class Pipeline:
         order, scores = rerank(self.clip, self.clip_tokenizer, images, caption, keep)
         return images[order], scores
 
-    @torch.no_grad()
-    def sample(
-        self,
-        caption: str,
-        n: int = 64,
-        keep: int | None = None,
-        config: SamplingConfig | None = None,
-        seed: int = 0,
-        progress=None,
-    ):
-        """n candidates for a caption, reranked by CLIP, best `keep` first.
-
-        Returns (images (keep, 3, S, S) in [0, 1], CLIP scores (keep,); NaN without CLIP).
-        """
-        return self._draw(caption, n, keep, config, seed, None, progress)
-
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """(3, S, S) in [0, 1] -> (h, w) codes."""
         return self.image_tokenizer.encode(image[None].to(self.device))[0]
 
-    @torch.no_grad()
-    def complete(
-        self,
-        image: torch.Tensor,
-        rows: int,
-        caption: str,
-        n: int = 64,
-        keep: int | None = None,
-        config: SamplingConfig | None = None,
-        seed: int = 0,
-        progress=None,
-    ):
+    def complete(self, image: torch.Tensor, rows: int, caption: str, **options):
         """Keep the top `rows` rows of the image's codes, sample the rest, rerank.
 
-        image: (3, S, S) in [0, 1] at the image tokenizer's size. Returns as sample().
+        image: (3, S, S) in [0, 1] at the image tokenizer's size; options: those of sample()
+        (n, keep, config, seed, progress). Returns as sample().
         """
         grid = self.dalle.config.grid
         if not 1 <= rows < grid:
@@ -151,4 +141,4 @@ class Pipeline:
                 f"rows must lie in [1, {grid - 1}] for a {grid}x{grid} grid, got {rows}"
             )
         prefix = self.encode_image(image)[:rows].flatten()
-        return self._draw(caption, n, keep, config, seed, prefix, progress)
+        return self.sample(caption, prefix=prefix, **options)

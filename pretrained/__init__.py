@@ -36,7 +36,17 @@ __all__ = [
     "load_pretrained",
     "read_model_config",
     "resolve_model_folder",
+    "step_folders",
 ]
+
+
+def step_folders(root: str | Path) -> list[Path]:
+    """The complete step_NNNNNNN checkpoint folders under `root`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_PATTERN.match(p.name)]
+    return sorted(found, key=lambda p: int(STEP_PATTERN.match(p.name).group(1)))
 
 
 def resolve_model_folder(path: str | Path) -> Path:
@@ -44,14 +54,13 @@ def resolve_model_folder(path: str | Path) -> Path:
     path = Path(path)
     if (path / WEIGHTS_FILE).is_file():
         return path
-    root = path / "checkpoints"
-    steps = [p for p in root.iterdir() if STEP_PATTERN.match(p.name)] if root.is_dir() else []
+    steps = step_folders(path / "checkpoints")
     if not steps:
         raise FileNotFoundError(
             f"{str(path)!r} is neither a model folder (with {WEIGHTS_FILE}) nor a run folder "
             "with checkpoints/step_*"
         )
-    return max(steps, key=lambda p: int(STEP_PATTERN.match(p.name).group(1)))
+    return steps[-1]
 
 
 def read_model_config(folder: str | Path) -> tuple[str, dict]:

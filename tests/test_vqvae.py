@@ -271,7 +271,8 @@ def test_restart_gives_dead_codes_a_used_codes_weights():
     logits, codebook = quantizer.to_logits, quantizer.codebook
     usage = torch.tensor([5.0, 0.0, 0.0, 3.0, 0.0, 1.0])
     before = logits.weight.clone()
-    assert quantizer.restart_dead_codes(usage, torch.zeros(1, 4, 2, 2), noise=0.0) == 3
+    quantizer.restart_noise = 0.0
+    assert quantizer.restart_dead_codes(usage, torch.zeros(1, 4, 2, 2)) == 3
     for dead in (1, 2, 4):
         donor = next(d for d in (0, 3, 5) if torch.equal(logits.weight[dead], before[d]))
         assert torch.equal(codebook.weight[:, dead], codebook.weight[:, donor])

@@ -61,8 +61,8 @@ def dvae_loss(
     dvae = getattr(model, "module", model)
     beta, tau = loss.beta(step), loss.tau(step)
     out = model(images, tau, seeds)
+    reconstruction = unmap_pixels(torch.sigmoid(out.mu.float()))  # what decode() would show
     if loss.reconstruction == "mse":
-        reconstruction = unmap_pixels(torch.sigmoid(out.mu.float()))
         nll = F.mse_loss(reconstruction, images.float())
     else:
         nll = logit_laplace_nll(map_pixels(images), out.mu, out.log_b)
@@ -72,7 +72,7 @@ def dvae_loss(
     metrics = {"recon": nll.item(), "quantizer_loss": out.quantizer_loss.item()}
     metrics |= {"beta": beta, "tau": tau}
     if loss.edge_weight > 0:
-        edge = gradient_mse(unmap_pixels(torch.sigmoid(out.mu.float())), images)
+        edge = gradient_mse(reconstruction, images)
         total = total + loss.edge_weight * edge
         metrics["edge"] = edge.item()
     metrics["perplexity"], _ = codebook_usage(out.codes, dvae.config.codebook_size)

@@ -84,6 +84,8 @@ def _copy_optimizer_rows(optimizer, param, dim: int, dead, donors) -> None:
 class GumbelQuantizer(nn.Module):
     """(B, C, h, w) features -> K logits per cell -> relaxed one-hot -> (B, E, h, w) vectors."""
 
+    restart_noise = 0.01  # of a restarted code's copied logit weights, relative to their std
+
     def __init__(self, in_width: int, codebook_size: int, code_width: int) -> None:
         super().__init__()
         self.to_logits = nn.Conv2d(in_width, codebook_size, 1)
@@ -113,21 +115,15 @@ class GumbelQuantizer(nn.Module):
         return rearrange(F.embedding(codes, table), "b h w e -> b e h w")
 
     @torch.no_grad()
-    def restart_dead_codes(
-        self,
-        usage: torch.Tensor,
-        features: torch.Tensor,
-        optimizer: torch.optim.Optimizer | None = None,
-        generator: torch.Generator | None = None,
-        noise: float = 0.01,
-    ) -> int:
+    def restart_dead_codes(self, usage, features, optimizer=None, generator=None) -> int:
         """Give every unused code a copy of a used one, so that the two can split its inputs.
 
         A code whose probability is ~0 everywhere gets no gradient and stays dead. Each dead code
         takes the logit weights and codebook vector of a donor drawn by usage, plus a little
         noise, and the donor's logit bias drops by log 2, so the pair shares the donor's
-        probability and training decides which wins where. usage: (K,) recent use counts;
-        features: unused (the same signature as VectorQuantizer's). Returns the number restarted.
+        probability and training decides which wins where. usage: (K,) float recent use counts;
+        features: unused (the signature is VectorQuantizer's); optimizer: its moments are copied
+        too; generator: for the draws. Returns the number of codes restarted.
         """
         dead = _dead_codes(usage)
         if len(dead) == 0 or usage.sum() <= 0:
@@ -136,7 +132,7 @@ class GumbelQuantizer(nn.Module):
             usage.float().cpu(), len(dead), replacement=True, generator=generator
         ).to(usage.device)
         weight, bias = self.to_logits.weight, self.to_logits.bias  # (K, C, 1, 1), (K,)
-        scale = noise * weight[donors].std()
+        scale = self.restart_noise * weight[donors].std()
         jitter = torch.randn(weight[donors].shape, generator=generator).to(weight.device) * scale
         weight[dead] = weight[donors] + jitter
         bias[donors] -= math.log(2.0)
@@ -191,19 +187,13 @@ class VectorQuantizer(nn.Module):
         return rearrange(F.embedding(codes, self.unit_codebook()), "b h w e -> b e h w")
 
     @torch.no_grad()
-    def restart_dead_codes(
-        self,
-        usage: torch.Tensor,
-        features: torch.Tensor,
-        optimizer: torch.optim.Optimizer | None = None,
-        generator: torch.Generator | None = None,
-    ) -> int:
+    def restart_dead_codes(self, usage, features, optimizer=None, generator=None) -> int:
         """Move every unused code onto an encoder vector of a recent batch.
 
         A code nearest to no encoder vector gets no gradient; placed on a real vector it wins at
-        least that cell at the next step. usage: (K,) recent use counts; features: (B, C, h, w)
-        encoder features. The dead rows' optimizer moments are reset: they belong to the code's
-        old place. Returns the number of codes restarted.
+        least that cell at the next step. usage: (K,) float recent use counts; features:
+        (B, C, h, w) encoder features; optimizer: the dead rows' moments are reset, as they
+        belong to the code's old place; generator: for the draws. Returns the number restarted.
         """
         dead = _dead_codes(usage)
         if len(dead) == 0:

@@ -65,7 +65,7 @@ def evaluate_suite(
         if suite == "completion":
             image = read_image(Path(folder) / f"{name}.png", size)
             drawn, _ = pipe_without_clip.complete(
-                image, rows, caption, candidates, None, config, seed + index
+                image, rows, caption, n=candidates, config=config, seed=seed + index
             )
         else:
             drawn, _ = pipe_without_clip.sample(caption, candidates, None, config, seed + index)

@@ -31,7 +31,7 @@ from torch import nn
 
 from dalle1.config import save_config
 from dalle1.training import distributed
-from pretrained import STEP_PATTERN, WEIGHTS_FILE, check_fits
+from pretrained import WEIGHTS_FILE, check_fits, step_folders
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +47,7 @@ def step_folder(root: str | Path, step: int) -> Path:
     return Path(root) / f"step_{step:07d}"
 
 
-def list_checkpoints(root: str | Path) -> list[Path]:
-    """Complete checkpoint folders under `root`, oldest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and STEP_PATTERN.match(p.name)]
-    return sorted(found, key=lambda p: int(STEP_PATTERN.match(p.name).group(1)))
+list_checkpoints = step_folders  # complete checkpoint folders under a root, oldest first
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
@@ -126,9 +120,18 @@ class Checkpointer:
     the run folder must be on a file system they all see.
     """
 
-    def __init__(self, run_dir: str | Path, keep: int) -> None:
-        self.root = Path(run_dir) / "checkpoints"
-        self.keep = keep
+    def __init__(
+        self,
+        run_dir: str | Path,
+        keep: int,
+        model: nn.Module,
+        ema: nn.Module | None,
+        optimizer: torch.optim.Optimizer,
+        stage_state: dict[str, torch.Tensor],
+    ) -> None:
+        """model, ema, optimizer, stage_state: what is saved, and restored in place."""
+        self.root, self.keep = Path(run_dir) / "checkpoints", keep
+        self.model, self.ema, self.optimizer, self.stage_state = model, ema, optimizer, stage_state
         self.rank = distributed.distributed_context()[0]
 
     def latest(self) -> Path | None:
@@ -156,49 +159,37 @@ class Checkpointer:
             torch.distributed.barrier()  # no rank may see the old folder after this
         return False
 
-    def save(
-        self,
-        model: nn.Module,
-        ema: nn.Module | None,
-        optimizer: torch.optim.Optimizer,
-        stage_state: dict[str, torch.Tensor],
-        position: dict[str, int],
-        run_config: Any,
-    ) -> Path | None:
-        """Write checkpoints/step_{position['step']}; returns it on rank 0, None elsewhere."""
-        weights = distributed.model_state(model)
-        inference = weights if ema is None else distributed.model_state(ema)
-        optimizer_state = distributed.optimizer_state(model, optimizer)
+    def save(self, position: dict[str, int], run_config: Any) -> Path | None:
+        """Write checkpoints/step_{position['step']}; returns it on rank 0, None elsewhere.
+
+        position: step, epoch, batch_in_epoch; run_config: the resolved config, as config.yaml.
+        """
+        weights = distributed.model_state(self.model)
+        inference = weights if self.ema is None else distributed.model_state(self.ema)
+        optimizer_state = distributed.optimizer_state(self.model, self.optimizer)
         if self.rank != 0:
             return None
         with atomic_checkpoint(self.root, position["step"], self.keep) as folder:
-            model.save_pretrained(folder, inference)
-            if ema is not None:
+            self.model.save_pretrained(folder, inference)
+            if self.ema is not None:
                 save_file(weights, folder / TRAIN_WEIGHTS_FILE)
             torch.save(optimizer_state, folder / "optimizer.pt")
             torch.save(rng_state(), folder / "rng.pt")
-            torch.save(stage_state, folder / "stage_state.pt")
+            torch.save(self.stage_state, folder / "stage_state.pt")
             (folder / "state.json").write_text(json.dumps(position))
             save_config(run_config, folder / "config.yaml")
         final = step_folder(self.root, position["step"])
         logger.info("saved checkpoint %s", final)
         return final
 
-    def load(
-        self,
-        model: nn.Module,
-        ema: nn.Module | None,
-        optimizer: torch.optim.Optimizer,
-        stage_state: dict[str, torch.Tensor],
-        device: torch.device,
-    ) -> dict[str, int]:
-        """Restore the newest checkpoint into the given modules and tensors (in place);
-        returns its position (step, epoch, batch_in_epoch)."""
+    def load(self, device: torch.device) -> dict[str, int]:
+        """Restore the newest checkpoint in place; returns its position (step, epoch,
+        batch_in_epoch). device: where the stage's tensors live."""
         folder = self.latest()
         files, error = {}, None
         if self.rank == 0:
             try:
-                files = self._read_weights(folder, model, ema is not None)
+                files = self._read_weights(folder, self.model, self.ema is not None)
             except Exception as err:  # a corrupt file raises many kinds of errors
                 error = err if isinstance(err, ValueError) else ValueError(str(err))
         if distributed.distributed_context()[1] > 1:  # the others must not wait for nothing
@@ -207,10 +198,10 @@ class Checkpointer:
             error = error or (ValueError(message[0]) if message[0] else None)
         if error is not None:
             raise ValueError(f"cannot resume from {str(folder)!r}: {error}") from error
-        distributed.load_model_state(model, files.get("train", {}))
-        if ema is not None:
-            distributed.load_model_state(ema, files.get("inference", {}))
-        distributed.load_optimizer_state(model, optimizer, files.get("optimizer", {}))
+        distributed.load_model_state(self.model, files.get("train", {}))
+        if self.ema is not None:
+            distributed.load_model_state(self.ema, files.get("inference", {}))
+        distributed.load_optimizer_state(self.model, self.optimizer, files.get("optimizer", {}))
         try:
             rng = torch.load(folder / "rng.pt", weights_only=True)
             saved = torch.load(folder / "stage_state.pt", map_location=device, weights_only=True)
@@ -219,10 +210,10 @@ class Checkpointer:
             raise ValueError(f"cannot resume from {str(folder)!r}: {err}") from err
         set_rng_state(rng)
         for key, value in saved.items():  # in place: the stage holds these tensors
-            if key in stage_state:
-                stage_state[key].copy_(value)
+            if key in self.stage_state:
+                self.stage_state[key].copy_(value)
             else:
-                stage_state[key] = value
+                self.stage_state[key] = value
         logger.info("resumed from %s at step %d", folder, position["step"])
         return position
 

@@ -110,11 +110,18 @@ class Trainer:
             self.world,
         )
         self.local_batch = self.data.local_batch
-        self.checkpoints = Checkpointer(self.run_dir, config.keep_checkpoints)
-        self.step, self._started = 0, False
-        self.tokens_per_sample = 0  # set by a stage to log tokens per second
         # Tensors a stage keeps across steps (e.g. code usage counts); saved and resumed.
         self.stage_state: dict[str, torch.Tensor] = {}
+        self.checkpoints = Checkpointer(
+            self.run_dir,
+            config.keep_checkpoints,
+            self.model,
+            self.parallel.ema,
+            self.optimizer,
+            self.stage_state,
+        )
+        self.step, self._started = 0, False
+        self.tokens_per_sample = 0  # set by a stage to log tokens per second
 
     @property
     def inference_model(self) -> nn.Module:
@@ -129,9 +136,7 @@ class Trainer:
         (restart); a folder with checkpoints and neither flag raises RunExistsError."""
         self._started = True
         if self.checkpoints.prepare(resume, restart):
-            position = self.checkpoints.load(
-                self.model, self.parallel.ema, self.optimizer, self.stage_state, self.device
-            )
+            position = self.checkpoints.load(self.device)
             self.step = position["step"]
             self.data.epoch, self.data.batch_in_epoch = (
                 position["epoch"],
@@ -142,14 +147,7 @@ class Trainer:
         """Write a checkpoint: every rank gathers, rank 0 writes (the others return None)."""
         position = {"step": self.step, "epoch": self.data.epoch}
         position["batch_in_epoch"] = self.data.batch_in_epoch
-        return self.checkpoints.save(
-            self.model,
-            self.parallel.ema,
-            self.optimizer,
-            self.stage_state,
-            position,
-            self.run_config,
-        )
+        return self.checkpoints.save(position, self.run_config)
 
     def fit(self, step_fn: StepFn, eval_fn: EvalFn | None = None) -> dict[str, float]:
         """Train until max_steps. step_fn(train_model, batch, step) -> (loss, metrics);
