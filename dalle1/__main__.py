@@ -5,6 +5,7 @@ Commands:
     complete CAPTION     keep the top rows of an image, sample the rest, rerank, save a grid
     eval                 generate for a shapes suite and judge every candidate
     judge DIR            score every NAME.png in DIR against its NAME.json (the shapes benchmark)
+    serve                a web page to sample and complete (gradio), on 127.0.0.1:7860
 """
 
 from __future__ import annotations
@@ -127,6 +128,12 @@ def run_eval(args: argparse.Namespace) -> None:
     print(text)
 
 
+def run_serve(args: argparse.Namespace) -> None:
+    from dalle1.serve import serve  # gradio is imported only for the page
+
+    serve(args.run, args.clip, args.host, args.port, args.device)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="transformer run folder (or checkpoint)")
     parser.add_argument("--clip", help="CLIP run for reranking (default: data.clip of the run)")
@@ -172,6 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_generation_commands(commands)
     add_benchmark_commands(commands)
+    serve = commands.add_parser(
+        "serve",
+        help="a web page to sample and complete",
+        description="Serve a page (gradio) where one types a caption and gets reranked samples, "
+        "or completes an image; its functions are also an HTTP API (see the README).",
+    )
+    add_model_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default local)")
+    serve.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    serve.set_defaults(handler=run_serve)
     return parser
 
 

@@ -91,6 +91,14 @@ def parts(tmp_path_factory, shapes_data) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def dalle_run(tmp_path_factory, parts) -> Path:
+    """A tiny transformer run over the trained tiny parts (6 steps)."""
+    run = tmp_path_factory.mktemp("dalle") / "dalle"
+    assert train.main(_dalle_args(parts, run)) == 0
+    return run
+
+
 def _dalle_args(parts: Path, run_dir: Path, *overrides: str) -> list[str]:
     """`train.py dalle` on the tiny config with the trained tiny parts."""
     return [

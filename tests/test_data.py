@@ -1,12 +1,11 @@
 import io
 import random
-import struct
 import tarfile
-import zlib
 
 import numpy as np
 import pytest
 import torch
+from helpers import bomb_png, encode
 from PIL import Image
 
 from dalle1.data import ImageFolderDataset, TarShardDataset, open_source
@@ -17,26 +16,10 @@ S = 16
 RED, BLUE = (220, 40, 40), (40, 80, 220)
 
 
-def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
-
-
 def halves(width=40, height=20, left=RED, right=BLUE) -> Image.Image:
     image = Image.new("RGB", (width, height), left)
     image.paste(right, (width // 2, 0, width, height))
     return image
-
-
-def bomb_png() -> bytes:
-    """A valid 1x1 PNG whose header claims 40000 x 40000 pixels."""
-    data = bytearray(encode(Image.new("RGB", (1, 1))))
-    ihdr = bytearray(data[12:29])  # b'IHDR' + 13 bytes of fields
-    ihdr[4:12] = struct.pack(">II", 40000, 40000)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
-    return bytes(data)
 
 
 # --- decoding -------------------------------------------------------------------------------
