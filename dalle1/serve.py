@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gradio as gr
 import torch
 import yaml
 from PIL import Image, ImageDraw
@@ -160,82 +161,94 @@ class Studio:
         return self._gallery(images, scores, first=picture)
 
 
-def _error(message: str):
-    import gradio as gr
-
+def _error(message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
 def build_app(studio: Studio):
-    """The gradio page over a Studio."""
-    import gradio as gr
-
-    grid = studio.pipe.dalle.config.grid
+    """The gradio page over a Studio: two tabs, the settings they share, the run's facts."""
     with gr.Blocks(title="dalle1") as app:
         gr.Markdown("# dalle1: text to image, reranked by CLIP")
         with gr.Tab("Sample"):
-            caption = gr.Textbox(
-                label="Caption", placeholder="a red circle above a blue square", elem_id="caption"
-            )
-            sample_button = gr.Button("Sample", variant="primary", elem_id="sample-button")
-            samples = gr.Gallery(
-                label="Best first", columns=4, buttons=["download"], format="png", elem_id="samples"
-            )
+            sample = _sample_tab()
         with gr.Tab("Complete"):
-            with gr.Row():
-                uploaded = gr.File(
-                    label="Upload an image", file_types=["image"], type="filepath", elem_id="upload"
-                )
-                held_out = gr.Dropdown(
-                    [(p.name, str(p)) for p in studio.held_out],
-                    label="... or pick one of the run's held-out images",
-                    value=None,
-                    elem_id="held-out",
-                )
-            rows = gr.Slider(1, grid - 1, value=grid // 2, step=1, label="Code rows kept")
-            preview = gr.Image(label="Kept above the red line", interactive=False)
-            completion_caption = gr.Textbox(label="Caption", elem_id="completion-caption")
-            complete_button = gr.Button("Complete", variant="primary", elem_id="complete-button")
-            completions = gr.Gallery(
-                label="Original, then best first",
-                columns=4,
-                buttons=["download"],
-                elem_id="completions",
-            )
+            complete = _complete_tab(studio)
         with gr.Accordion("Settings", open=False, elem_id="settings"):
-            settings = [
-                gr.Slider(1, 512, value=32, step=1, label="Candidates"),
-                gr.Slider(1, 64, value=8, step=1, label="Images kept"),
-                gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (0: greedy)"),
-                gr.Slider(
-                    0,
-                    studio.pipe.dalle.config.codebook_size,
-                    value=0,
-                    step=1,
-                    label="Top-k (0: all)",
-                ),
-                gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (1: all)"),
-                gr.Slider(1.0, 5.0, value=1.0, step=0.25, label="Guidance (1: off)"),
-                gr.Number(value=0, precision=0, label="Seed", elem_id="seed"),
-            ]
+            settings = _settings(studio)
         with gr.Accordion("About this run", open=False, elem_id="about"):
             gr.Markdown(studio.facts())
-
-        # gradio finds the progress bar as a default argument
-        def run_sample(text, *values, progress=gr.Progress()):  # noqa: B008
-            return studio.sample(text, *values, progress=progress)
-
-        def run_complete(file, chosen, kept, text, *values, progress=gr.Progress()):  # noqa: B008
-            return studio.complete(file, chosen, kept, text, *values, progress=progress)
-
-        sample_inputs = [caption, *settings]
-        sample_button.click(run_sample, sample_inputs, samples, api_name="sample")
-        caption.submit(run_sample, sample_inputs, samples, api_name=False)
-        for source in (uploaded, held_out, rows):
-            source.change(studio.preview, [uploaded, held_out, rows], preview, api_name=False)
-        complete_inputs = [uploaded, held_out, rows, completion_caption, *settings]
-        complete_button.click(run_complete, complete_inputs, completions, api_name="complete")
+        _connect(studio, sample, complete, settings)
     return app.queue(default_concurrency_limit=1)  # one sampling at a time on the model
+
+
+def _gallery(label: str, elem_id: str):
+    return gr.Gallery(label=label, columns=4, buttons=["download"], format="png", elem_id=elem_id)
+
+
+def _sample_tab() -> dict:
+    placeholder = "a red circle above a blue square"
+    return {
+        "caption": gr.Textbox(label="Caption", placeholder=placeholder, elem_id="caption"),
+        "button": gr.Button("Sample", variant="primary", elem_id="sample-button"),
+        "gallery": _gallery("Best first", "samples"),
+    }
+
+
+def _complete_tab(studio: Studio) -> dict:
+    grid = studio.pipe.dalle.config.grid
+    with gr.Row():
+        uploaded = gr.File(
+            label="Upload an image", file_types=["image"], type="filepath", elem_id="upload"
+        )
+        held_out = gr.Dropdown(
+            [(p.name, str(p)) for p in studio.held_out],
+            label="... or pick one of the run's held-out images",
+            value=None,
+            elem_id="held-out",
+        )
+    return {
+        "uploaded": uploaded,
+        "held_out": held_out,
+        "rows": gr.Slider(1, grid - 1, value=grid // 2, step=1, label="Code rows kept"),
+        "preview": gr.Image(label="Kept above the red line", interactive=False),
+        "caption": gr.Textbox(label="Caption", elem_id="completion-caption"),
+        "button": gr.Button("Complete", variant="primary", elem_id="complete-button"),
+        "gallery": _gallery("Original, then best first", "completions"),
+    }
+
+
+def _settings(studio: Studio) -> list:
+    """candidates, kept, temperature, top-k, top-p, guidance, seed: Studio's *settings."""
+    codebook = studio.pipe.dalle.config.codebook_size
+    return [
+        gr.Slider(1, 512, value=32, step=1, label="Candidates"),
+        gr.Slider(1, 64, value=8, step=1, label="Images kept"),
+        gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (0: greedy)"),
+        gr.Slider(0, codebook, value=0, step=1, label="Top-k (0: all)"),
+        gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (1: all)"),
+        gr.Slider(1.0, 5.0, value=1.0, step=0.25, label="Guidance (1: off)"),
+        gr.Number(value=0, precision=0, label="Seed", elem_id="seed"),
+    ]
+
+
+def _connect(studio: Studio, sample: dict, complete: dict, settings: list) -> None:
+    """The events; `sample` and `complete` are also the HTTP API's names."""
+
+    # gradio finds the progress bar as a default argument
+    def run_sample(text, *values, progress=gr.Progress()):  # noqa: B008
+        return studio.sample(text, *values, progress=progress)
+
+    def run_complete(file, chosen, kept, text, *values, progress=gr.Progress()):  # noqa: B008
+        return studio.complete(file, chosen, kept, text, *values, progress=progress)
+
+    inputs = [sample["caption"], *settings]
+    sample["button"].click(run_sample, inputs, sample["gallery"], api_name="sample")
+    sample["caption"].submit(run_sample, inputs, sample["gallery"], api_name=False)
+    picture = [complete["uploaded"], complete["held_out"], complete["rows"]]
+    for source in picture:
+        source.change(studio.preview, picture, complete["preview"], api_name=False)
+    inputs = [*picture, complete["caption"], *settings]
+    complete["button"].click(run_complete, inputs, complete["gallery"], api_name="complete")
 
 
 def serve(run: str, clip: str | None, host: str, port: int, device: str = "auto") -> None:
