@@ -48,6 +48,24 @@ def test_transformer_stage_resumes_exactly(parts, tmp_path, dalle_args):
     assert '"negative_accuracy"' in logged  # the CLIP of the parts had hard negatives
 
 
+def test_accumulated_micro_batches_train_like_one_large_batch(parts, tmp_path, dalle_args):
+    """4 micro-batches of 2 per step give the weights of steps of 8 at once, per-sample draws
+    (BPE dropout, dropped captions) included."""
+    options = ["train.max_steps=3", "data.bpe_dropout=0.3", "data.caption_drop=0.3"]
+    options += ["train.eval_every=0", "train.batch_size=8", "train.ema_decay=0.9"]
+    assert train.main(dalle_args(parts, tmp_path / "whole", *options)) == 0
+    accumulated = [*options, "train.grad_accum_steps=4"]
+    assert train.main(dalle_args(parts, tmp_path / "micro", *accumulated)) == 0
+    for name in ("model.safetensors", TRAIN_WEIGHTS_FILE):
+        assert_same_weights(
+            final_weights(tmp_path / "whole", name), final_weights(tmp_path / "micro", name)
+        )
+    # and a batch that does not split into the micro-batches is refused before any work
+    assert (
+        train.main(dalle_args(parts, tmp_path / "bad", *options, "train.grad_accum_steps=3")) == 2
+    )
+
+
 def test_a_second_start_without_resume_stops_and_keeps_every_checkpoint(
     parts, tmp_path, dalle_args, capsys
 ):

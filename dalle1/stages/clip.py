@@ -149,7 +149,7 @@ class CLIPStage:
     def step(self, model: CLIP, batch, step: int):
         trainer, device = self.trainer, self.trainer.device
         images, captions = batch
-        first = trainer.rank * trainer.local_batch
+        first = trainer.sample_offset
         ids = [4 * (first + i) for i in range(len(images))]
         images, captions, ids = training_batch(images, list(captions), ids, self.config.data)
         rows = len(images)

@@ -137,7 +137,7 @@ class DALLEStage:
         # Seeded by (seed, step, place in the global batch): BPE dropout and caption drops
         # repeat on resume and do not depend on the number of processes.
         base = (self.config.train.seed * 1_000_003 + step) * 1009
-        base += trainer.rank * trainer.local_batch
+        base += trainer.sample_offset
         text, codes = self.to_inputs(batch, self.encode_train, data.bpe_dropout, base)
         if data.caption_drop > 0:
             draws = [random.Random(base + i).random() for i in range(len(text))]

@@ -92,7 +92,7 @@ class VQVAEStage:
         images = images.contiguous(memory_format=torch.channels_last)
         if restart_every and step and step % restart_every == 0:
             self.restart_dead_codes(images, step)
-        first = step_seed(self.config.train, step) * 1009 + trainer.rank * trainer.local_batch
+        first = step_seed(self.config.train, step) * 1009 + trainer.sample_offset
         seeds = [first + i for i in range(len(images))]  # by place in the global batch
         loss, metrics, codes = dvae_loss(model, images, step, self.config.loss, seeds)
         if restart_every:

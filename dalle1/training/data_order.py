@@ -46,10 +46,12 @@ class ResumableSampler(Sampler[int]):
 
 
 class DataOrder:
-    """Batches of this rank from a saved position on, epoch after epoch.
+    """Micro-batches of this rank from a saved position on, epoch after epoch.
 
-    position: epoch and batch_in_epoch, advanced by `advance()` after each optimizer step and
-    saved with every checkpoint.
+    Each optimizer step reads one global batch: on each of the `world` ranks, its part of it
+    (local_batch samples) in `accumulation` micro-batches of micro_batch samples. position:
+    epoch and batch_in_epoch (optimizer steps), advanced by `advance()` after each optimizer
+    step and saved with every checkpoint.
     """
 
     def __init__(
@@ -61,11 +63,16 @@ class DataOrder:
         pin_memory: bool,
         rank: int,
         world: int,
+        accumulation: int = 1,
     ) -> None:
-        if global_batch % world:
-            raise ValueError(f"batch_size {global_batch} is not divisible by the {world} processes")
+        if global_batch % (world * accumulation):
+            raise ValueError(
+                f"batch_size {global_batch} is not divisible by the {world} processes x "
+                f"{accumulation} accumulation steps"
+            )
         self.dataset, self.global_batch, self.seed = dataset, global_batch, seed
         self.local_batch = global_batch // world
+        self.accumulation, self.micro_batch = accumulation, self.local_batch // accumulation
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.sampler = None
         if not isinstance(dataset, IterableDataset):
@@ -84,13 +91,13 @@ class DataOrder:
         while True:
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(self.epoch)
-            skip = self.batch_in_epoch
+            skip = self.batch_in_epoch * self.accumulation  # in micro-batches
             if self.sampler is not None:
                 self.sampler.set_position(self.epoch, skip * self.global_batch)
                 skip = 0
             loader = DataLoader(
                 self.dataset,
-                batch_size=self.local_batch,
+                batch_size=self.micro_batch,
                 sampler=self.sampler,
                 drop_last=True,
                 num_workers=self.num_workers,

@@ -14,6 +14,7 @@ A NaN or inf loss stops the run with a message naming the step, before anything 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ class TrainConfig:
     run_dir: str = "runs/run"  # checkpoints/, tensorboard/, previews/ and config.yaml go here
     max_steps: int = 1000  # optimizer steps
     batch_size: int = 32  # images per optimizer step, over all processes together
+    # micro-batches per optimizer step: each process holds batch_size / (processes x this)
+    # images at a time, for large batches on small GPUs (CLIP then contrasts within each)
+    grad_accum_steps: int = 1
     seed: int = 0  # seeds model init, noise, data order, crops and captions
     device: str = "auto"  # auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16
@@ -64,8 +68,8 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.parallel not in distributed.PARALLEL_MODES:
             raise ValueError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
-        if self.max_steps < 1 or self.batch_size < 1:
-            raise ValueError("max_steps and batch_size must be at least 1")
+        if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum_steps < 1:
+            raise ValueError("max_steps, batch_size and grad_accum_steps must be at least 1")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
@@ -108,8 +112,11 @@ class Trainer:
             self.device.type == "cuda",
             self.rank,
             self.world,
+            config.grad_accum_steps,
         )
-        self.local_batch = self.data.local_batch
+        # The global index of the current micro-batch's first sample: stages seed per-sample
+        # draws by it, so they do not depend on the number of processes or micro-batches.
+        self.sample_offset = 0
         # Tensors a stage keeps across steps (e.g. code usage counts); saved and resumed.
         self.stage_state: dict[str, torch.Tensor] = {}
         self.checkpoints = Checkpointer(
@@ -172,7 +179,7 @@ class Trainer:
         batches = iter(self.data)
         try:
             while self.step < config.max_steps:
-                metrics.step(self._train_step(step_fn, next(batches)))
+                metrics.step(self._train_step(step_fn, batches))
                 if self.step % config.log_every == 0 or self.step == config.max_steps:
                     window = metrics.flush_window(self.step)
                 if eval_fn and self._eval_due():
@@ -190,28 +197,39 @@ class Trainer:
             metrics.close()
         return window
 
-    def _train_step(self, step_fn: StepFn, batch: Any) -> dict[str, float]:
-        """One optimizer step; returns its metrics."""
+    def _train_step(self, step_fn: StepFn, batches) -> dict[str, float]:
+        """One optimizer step over grad_accum_steps micro-batches; returns its mean metrics."""
         self.model.train()
         lr = lr_at(self.step, self.optim_config, self.config.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with self.autocast():
-            loss, step_metrics = step_fn(self.train_model, batch, self.step)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss is {loss.item()} at step {self.step}; stopped without saving. "
-                f"The last checkpoint is {self.checkpoints.latest()}."
-            )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        accumulation, sums = self.data.accumulation, {}
+        for micro in range(accumulation):
+            self.sample_offset = self.rank * self.data.local_batch + micro * self.data.micro_batch
+            with self.autocast(), self._sync_gradients(micro == accumulation - 1):
+                loss, metrics = step_fn(self.train_model, next(batches), self.step)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss is {loss.item()} at step {self.step}; stopped without saving. "
+                        f"The last checkpoint is {self.checkpoints.latest()}."
+                    )
+                (loss / accumulation).backward()  # the mean over the micro-batches
+            for key, value in {"loss": loss.item(), **metrics}.items():
+                sums[key] = sums.get(key, 0.0) + float(value) / accumulation
         grad_norm = clip_gradients(self.model, self.optim_config.grad_clip)
         self.optimizer.step()
         if self.parallel.ema is not None:
             distributed.update_ema(self.parallel.ema, self.model, self.config.ema_decay, self.step)
         self.step += 1
         self.data.advance()
-        return {"loss": loss.item(), "lr": lr, "grad_norm": grad_norm, **step_metrics}
+        return {**sums, "lr": lr, "grad_norm": grad_norm}
+
+    def _sync_gradients(self, last: bool):
+        """DDP all-reduces gradients on the last micro-batch only (no_sync before it)."""
+        if last or not hasattr(self.train_model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.train_model.no_sync()
 
     def _eval_due(self) -> bool:
         every = self.config.eval_every
