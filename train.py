@@ -59,7 +59,7 @@ def run_shapes(args: argparse.Namespace) -> None:
 def run_training_stage(args: argparse.Namespace) -> None:
     config_class, train_fn, what = TRAINING_STAGES[args.stage]
     config = load_config(config_class, args.config, args.overrides)
-    trainer = train_fn(config, resume=args.resume, restart=args.restart)
+    trainer = train_fn(config, args.resume, args.restart, args.init_from)
     if trainer.rank == 0:
         print(f"{what}: checkpoints in {trainer.checkpoints.root}")
 
@@ -94,6 +94,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "--restart",
         action="store_true",
         help="start anew in a train.run_dir that holds checkpoints (they are moved aside)",
+    )
+    parser.add_argument(
+        "--from",
+        dest="init_from",
+        metavar="RUN",
+        help="fine-tune: start from RUN's weights (same sizes and vocabularies) with a fresh "
+        "optimizer and schedule; ignored when --resume finds checkpoints",
     )
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="e.g. train.max_steps=100"

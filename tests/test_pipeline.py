@@ -1,6 +1,7 @@
 """Every stage through its command line on tiny configs, then sampling and completion; resume;
 2 processes of every training stage equal to 1; the errors a user meets on bad arguments."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -64,6 +65,26 @@ def test_accumulated_micro_batches_train_like_one_large_batch(parts, tmp_path, d
     assert (
         train.main(dalle_args(parts, tmp_path / "bad", *options, "train.grad_accum_steps=3")) == 2
     )
+
+
+def test_fine_tuning_starts_from_a_runs_weights_with_a_fresh_optimizer(
+    parts, tmp_path, dalle_args, dalle_run, capsys
+):
+    # A tiny learning rate: after one step the weights are still the ones started from.
+    options = ["train.max_steps=1", "train.eval_every=0", "optim.lr=1e-9", "optim.warmup_steps=0"]
+    tuned = tmp_path / "tuned"
+    assert train.main([*dalle_args(parts, tuned, *options), "--from", str(dalle_run)]) == 0
+    assert_same_weights(final_weights(dalle_run), final_weights(tuned))
+    state = json.loads((tuned / "checkpoints" / "step_0000001" / "state.json").read_text())
+    assert state["step"] == 1  # its own steps, from 0
+    optimizer = torch.load(tuned / "checkpoints" / "step_0000001" / "optimizer.pt")
+    assert {s["step"].item() for s in optimizer["state"].values()} == {1.0}  # fresh AdamW
+    capsys.readouterr()
+    other = dalle_args(parts, tmp_path / "wider", *options, "model.width=64")
+    assert train.main([*other, "--from", str(dalle_run)]) == 2
+    message = capsys.readouterr().err
+    assert "cannot start from" in message and "same model sizes" in message
+    assert "column_embedding: checkpoint (4, 32) vs model (4, 64)" in message
 
 
 def test_a_second_start_without_resume_stops_and_keeps_every_checkpoint(

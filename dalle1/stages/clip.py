@@ -116,7 +116,9 @@ def training_batch(images: torch.Tensor, captions: list[str], ids: list[int], da
 class CLIPStage:
     """The CLIP stage's parts: tokenizer, data, trainer, and its step and evaluation."""
 
-    def __init__(self, config: CLIPRunConfig, resume: bool, restart: bool) -> None:
+    def __init__(
+        self, config: CLIPRunConfig, resume: bool, restart: bool, init_from: str | None = None
+    ) -> None:
         torch.manual_seed(config.train.seed)
         data = config.data
         self.tokenizer = TextTokenizer.load(
@@ -131,7 +133,7 @@ class CLIPStage:
         self.eval_images, eval_captions = next(iter(loader))
         self.eval_text = self.tokenizer.encode_batch(list(eval_captions))
         self.trainer = Trainer(config.train, config.optim, CLIP(model_config), dataset, config)
-        self.trainer.start(resume, restart)
+        self.trainer.start(resume, restart, init_from)
         self.negatives = CaptionNegatives(data.hard_negative_groups)
 
     def altered_captions(self, captions: list[str], ids: list[int], step: int) -> torch.Tensor:
@@ -180,7 +182,10 @@ class CLIPStage:
         return retrieval_accuracy(model, self.eval_images.to(device), self.eval_text.to(device)), {}
 
 
-def train_clip(config: CLIPRunConfig, resume: bool = False, restart: bool = False) -> Trainer:
-    stage = CLIPStage(config, resume, restart)
+def train_clip(
+    config: CLIPRunConfig, resume: bool = False, restart: bool = False, init_from: str | None = None
+) -> Trainer:
+    """Train the stage; resume, restart, init_from: see Trainer.start."""
+    stage = CLIPStage(config, resume, restart, init_from)
     stage.trainer.fit(stage.step, stage.evaluate)
     return stage.trainer

@@ -86,7 +86,9 @@ def open_codes(source: str, image_tokenizer: ImageTokenizer, train: bool, seed: 
 class DALLEStage:
     """The transformer stage's parts: tokenizers, data, trainer, and its step and evaluation."""
 
-    def __init__(self, config: DALLERunConfig, resume: bool, restart: bool) -> None:
+    def __init__(
+        self, config: DALLERunConfig, resume: bool, restart: bool, init_from: str | None = None
+    ) -> None:
         torch.manual_seed(config.train.seed)
         data, seed = config.data, config.train.seed
         self.image_tokenizer = load_image_tokenizer(data.image_tokenizer)
@@ -105,7 +107,7 @@ class DALLEStage:
         self.trainer = trainer = Trainer(config.train, config.optim, model, dataset, config)
         trainer.tokens_per_sample = model_config.layout.length
         self.image_tokenizer.to(trainer.device)
-        trainer.start(resume, restart)
+        trainer.start(resume, restart, init_from)
         n_params = sum(p.numel() for p in model.parameters())
         logger.info(
             "transformer: %.2fM parameters, %d positions",
@@ -160,7 +162,13 @@ class DALLEStage:
         return scalars, {"samples": make_grid(images.float(), columns=columns)}
 
 
-def train_dalle(config: DALLERunConfig, resume: bool = False, restart: bool = False) -> Trainer:
-    stage = DALLEStage(config, resume, restart)
+def train_dalle(
+    config: DALLERunConfig,
+    resume: bool = False,
+    restart: bool = False,
+    init_from: str | None = None,
+) -> Trainer:
+    """Train the stage; resume, restart, init_from: see Trainer.start."""
+    stage = DALLEStage(config, resume, restart, init_from)
     stage.trainer.fit(stage.step, stage.evaluate)
     return stage.trainer

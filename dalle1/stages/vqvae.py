@@ -57,7 +57,9 @@ def step_seed(config: TrainConfig, step: int) -> int:
 class VQVAEStage:
     """The dVAE stage's parts: data, model, trainer, code usage, and its step and evaluation."""
 
-    def __init__(self, config: VQVAERunConfig, resume: bool, restart: bool) -> None:
+    def __init__(
+        self, config: VQVAERunConfig, resume: bool, restart: bool, init_from: str | None = None
+    ) -> None:
         self.config = config
         torch.manual_seed(config.train.seed)
         size, seed = config.model.image_size, config.train.seed
@@ -73,7 +75,7 @@ class VQVAEStage:
         # Code use since the last restart, summed over every process; resumed with the run.
         self.usage = torch.zeros(config.model.codebook_size, device=self.trainer.device)
         self.trainer.stage_state["code_usage"] = self.usage
-        self.trainer.start(resume, restart)
+        self.trainer.start(resume, restart, init_from)
 
     def restart_dead_codes(self, images: torch.Tensor, step: int) -> None:
         dvae = self.trainer.model
@@ -113,7 +115,13 @@ class VQVAEStage:
         return scalars, {"reconstructions": make_grid(pairs.flatten(0, 1), columns=8)}
 
 
-def train_vqvae(config: VQVAERunConfig, resume: bool = False, restart: bool = False) -> Trainer:
-    stage = VQVAEStage(config, resume, restart)
+def train_vqvae(
+    config: VQVAERunConfig,
+    resume: bool = False,
+    restart: bool = False,
+    init_from: str | None = None,
+) -> Trainer:
+    """Train the stage; resume, restart, init_from: see Trainer.start."""
+    stage = VQVAEStage(config, resume, restart, init_from)
     stage.trainer.fit(stage.step, stage.evaluate)
     return stage.trainer

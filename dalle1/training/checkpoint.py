@@ -31,7 +31,7 @@ from torch import nn
 
 from dalle1.config import save_config
 from dalle1.training import distributed
-from pretrained import WEIGHTS_FILE, check_fits, step_folders
+from pretrained import WEIGHTS_FILE, check_fits, resolve_model_folder, step_folders
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +216,32 @@ class Checkpointer:
                 self.stage_state[key] = value
         logger.info("resumed from %s at step %d", folder, position["step"])
         return position
+
+    def load_weights(self, path: str | Path) -> Path:
+        """Fine-tuning: the model (and EMA) start from another run's weights for use; the
+        optimizer, schedules and step start afresh. Returns the model folder read."""
+        folder = resolve_model_folder(path)
+        state, error = {}, None
+        if self.rank == 0:
+            try:
+                state = load_file(folder / WEIGHTS_FILE)
+                check_fits(self.model, state, str(folder))
+            except Exception as err:
+                error = err
+        if distributed.distributed_context()[1] > 1:
+            message = [str(error) if error else None]
+            torch.distributed.broadcast_object_list(message, src=0)
+            error = error or (ValueError(message[0]) if message[0] else None)
+        if error is not None:
+            raise ValueError(
+                f"cannot start from {str(path)!r}: {error} (fine-tuning needs the same model "
+                "sizes and vocabularies)"
+            ) from error
+        for module in (self.model, self.ema):
+            if module is not None:
+                distributed.load_model_state(module, state)
+        logger.info("starting from the weights of %s", folder)
+        return folder
 
     @staticmethod
     def _read_weights(folder: Path, model: nn.Module, has_ema: bool) -> dict[str, dict]:

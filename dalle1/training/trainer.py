@@ -138,11 +138,15 @@ class Trainer:
     def autocast(self):
         return autocast(self.dtype, self.device)
 
-    def start(self, resume: bool = False, restart: bool = False) -> None:
+    def start(self, resume: bool = False, restart: bool = False, init_from: str | None = None):
         """Resume the newest checkpoint (resume), or start anew in a folder that has some
-        (restart); a folder with checkpoints and neither flag raises RunExistsError."""
+        (restart); a folder with checkpoints and neither flag raises RunExistsError.
+        init_from: a run or model folder whose weights a new run starts from (fine-tuning)."""
         self._started = True
-        if self.checkpoints.prepare(resume, restart):
+        resuming = self.checkpoints.prepare(resume, restart)
+        if not resuming and init_from:
+            self.checkpoints.load_weights(init_from)
+        if resuming:
             position = self.checkpoints.load(self.device)
             self.step = position["step"]
             self.data.epoch, self.data.batch_in_epoch = (
