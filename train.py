@@ -7,7 +7,8 @@ Stages:
     encode     encode a data set once with a trained image tokenizer (the token cache)
     clip       train the CLIP reranker
     dalle      train the transformer
-    demo       the whole pipeline on the shapes data
+    all        every stage on one data source, then sample grids (train.py all --help)
+    demo       `all` on the shapes data, then the benchmark
 
 Every stage reads a typed config: defaults, then --config FILE (YAML), then stage flags, then
 dotted `key.sub=value` overrides. A bad key or value stops the run before any work.
@@ -30,6 +31,7 @@ from dalle1.shapes.scenes import SPLITS, ShapesConfig, write_split
 from dalle1.stages.clip import CLIPRunConfig, train_clip
 from dalle1.stages.dalle import DALLERunConfig, train_dalle
 from dalle1.stages.encode import encode_dataset
+from dalle1.stages.run_all import AllStages, presets
 from dalle1.stages.vqvae import VQVAERunConfig, train_vqvae
 from dalle1.tokenizer import TextTokenizer, train_tokenizer
 
@@ -78,6 +80,14 @@ def run_encode(args: argparse.Namespace) -> None:
         f"token cache {args.out}: {meta['count']} images as {meta['grid']}x{meta['grid']} codes "
         f"in {len(meta['shards'])} shard(s), {meta['skipped']} skipped"
     )
+
+
+def run_all(args: argparse.Namespace) -> None:
+    run = AllStages(
+        args.out, args.data, args.eval_data, args.preset, args.overrides, args.text_vocab
+    )
+    run.run()
+    print(run.summary())
 
 
 def run_demo(args: argparse.Namespace) -> None:
@@ -169,6 +179,38 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--shard-size", type=int, default=10000, help="images per cache shard")
     encode.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     encode.set_defaults(run=run_encode)
+
+    everything = stages.add_parser(
+        "all",
+        help="every stage on one data source, in order",
+        description="Train the text tokenizer, the dVAE, the token cache, CLIP and the "
+        "transformer on SOURCE into OUT, then draw reranked grids for held-out captions and "
+        "complete a held-out image. A stage that is done is reused and an interrupted one "
+        "resumes: the same command again continues where it stopped.",
+        epilog="presets (configs/STAGE_PRESET.yaml): cpu64 = 64 px, 8x8 codes, about half an "
+        "hour on 2 CPU cores; gpu256 = the paper's 256 px -> 32x32 codes, K = 8192, 256 text "
+        "positions, sized for one 24-80 GB GPU, bf16; paper = the paper's 12B transformer "
+        "(torchrun, train.parallel=fsdp); shapes = the demo's; tiny = the tests'. Per-stage "
+        "overrides: STAGE.key=value, e.g. dalle.train.max_steps=20000 vqvae.train.batch_size=16 "
+        "(keys: python train.py STAGE --help).",
+    )
+    everything.add_argument("--data", required=True, help="image folder or tar shards")
+    everything.add_argument(
+        "--eval-data",
+        help="held-out images (default: for a folder, 5%% of it, at most 500, set aside as links "
+        "in OUT/data/eval; tar shards need it)",
+    )
+    everything.add_argument("--out", required=True, help="output folder: one run per stage")
+    everything.add_argument(
+        "--preset", default="cpu64", choices=presets(), help="configs to start from (default cpu64)"
+    )
+    everything.add_argument(
+        "--text-vocab", type=int, default=16384, help="BPE ids (fewer when the captions are few)"
+    )
+    everything.add_argument(
+        "overrides", nargs="*", metavar="STAGE.key=value", help="e.g. dalle.train.max_steps=100"
+    )
+    everything.set_defaults(run=run_all)
 
     demo = stages.add_parser(
         "demo",

@@ -10,7 +10,9 @@ Beside each image's caption the CLIP stage adds one altered copy as an extra wro
 - replace: one word becomes another of its groups ("left of" -> "right of", "red" -> "green").
 
 Words of one group must differ in meaning: a group holding synonyms ("over", "above") would make
-negatives that are true.
+negatives that are true. For captions of any data set, where no word list fits, `swap_words`
+makes the negative from the caption itself: two of its different words trade places ("a dog
+chasing a cat" -> "a cat chasing a dog"), which only a CLIP that reads word order can tell apart.
 
 mirror_caption() gives the caption of the image flipped left to right ("left" <-> "right"): the
 mirrored scene joins the batch as one more (image, caption) pair, so each of the two is the
@@ -23,7 +25,8 @@ import random
 
 
 class CaptionNegatives:
-    def __init__(self, groups: list[list[str]]) -> None:
+    def __init__(self, groups: list[list[str]], swap_words: bool = False) -> None:
+        self.swap_words = swap_words
         self.alternatives: dict[str, set[str]] = {}  # word -> the words it can become
         self.group_of: dict[str, int] = {}  # word -> its first group, for swaps
         for index, group in enumerate(groups):
@@ -47,6 +50,13 @@ class CaptionNegatives:
             if bare[i] != bare[j] and self.group_of[bare[i]] == self.group_of[bare[j]]
         ]
         changes += [("replace", i, None) for i in places]
+        if not changes and self.swap_words:
+            changes = [
+                ("swap", i, j)
+                for i in range(len(bare))
+                for j in range(i + 1, len(bare))
+                if bare[i] and bare[j] and bare[i] != bare[j]
+            ]
         if not changes:
             return None
         kind, i, j = rng.choice(changes)

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from dalle1.caption_negatives import CaptionNegatives, mirror_caption
+from dalle1.caption_negatives import CaptionNegatives, caption_words, mirror_caption
 from dalle1.stages.clip import CLIPDataConfig, add_mirrored
 
 
@@ -83,3 +83,20 @@ def test_top_to_bottom_flips_skip_the_captions_a_flip_makes_false():
 def test_mirror_words_must_be_pairs():
     with pytest.raises(ValueError, match="pairs of two different words"):
         CLIPDataConfig(mirror_words=[["left", "right", "centre"]])
+
+
+def test_word_swaps_make_a_negative_from_any_caption():
+    negatives = CaptionNegatives([], swap_words=True)
+    rng = random.Random(0)
+    made = {negatives.make("A dog chasing a cat.", rng) for _ in range(50)}
+    assert "a cat chasing a dog." in made and "a dog chasing a cat." not in made
+    # the same words in another order; punctuation stays where it was
+    assert all(
+        sorted(caption_words(m)) == sorted(["a", "dog", "chasing", "a", "cat"]) for m in made
+    )
+    assert all(m.endswith(".") for m in made)
+    assert negatives.make("cat cat", rng) is None  # no two different words
+    assert CaptionNegatives([]).make("a dog chasing a cat", rng) is None  # off by default
+    # A caption that a word group changes takes the group's change.
+    grouped = CaptionNegatives([["red", "blue"]], swap_words=True)
+    assert grouped.make("a red ball on grass", rng) == "a blue ball on grass"

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import dalle1.demo as demo
+import dalle1.stages.run_all as run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,16 +15,15 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, capsys):
     configs.mkdir()
     for kind in ("vqvae", "clip", "dalle"):  # the tests' tiny models under the demo's names
         shutil.copy(ROOT / f"configs/{kind}_tiny.yaml", configs / f"{kind}_shapes.yaml")
-    monkeypatch.setattr(demo, "CONFIGS", configs)
     monkeypatch.setattr(demo, "SPLIT_SIZES", {"train": 48, "single": 4, "pair": 4, "novel": 4})
-    monkeypatch.setattr(demo, "SAMPLES", 4)
-    monkeypatch.setattr(demo, "KEEP", 2)
+    monkeypatch.setattr(run_all, "SAMPLES", 4)
+    monkeypatch.setattr(run_all, "KEEP", 2)
     monkeypatch.setattr(demo, "EVAL_SCENES", 2)
     monkeypatch.setattr(demo, "EVAL_CANDIDATES", 3)
     monkeypatch.setattr(demo, "EVAL_KEEP", 2)
     out = tmp_path / "demo"
 
-    report = demo.run_demo(out, size=32, holdout="green:square")
+    report = demo.run_demo(out, size=32, holdout="green:square", configs=configs)
     for path in ("tokenizer.model", "samples/05.png", "completion.png", "cache/train/meta.json"):
         assert (out / path).is_file(), path
     assert all(v["judge_accuracy"] == 1.0 for v in report["data"].values())
@@ -38,6 +38,7 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, capsys):
     stages = set(report["seconds"])
     assert stages == {
         "data",
+        "split",
         "tokenizer",
         "vqvae",
         "token cache",
@@ -50,8 +51,9 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, capsys):
     assert all("green square" in p.read_text() for p in novel)
     capsys.readouterr()
 
-    demo.run_demo(out, size=32, holdout="green:square")
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[demo] ")]
+    demo.run_demo(out, size=32, holdout="green:square", configs=configs)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[all] ")]
     reused = [line for line in lines if "reused" in line]
     assert len(reused) == len(stages), lines
+    assert lines[-1].startswith(f"[all] {out}: ") and "minutes (data " in lines[-1]
     assert json.loads((out / "report.json").read_text())["benchmark"] == report["benchmark"]

@@ -39,6 +39,8 @@ class CLIPDataConfig:
     # gets an altered copy (two words of a group swapped, or one replaced) as a hard negative
     # for its image; see dalle1/caption_negatives.py. Empty: off.
     hard_negative_groups: list[list[str]] = field(default_factory=list)
+    # Captions that no group changes get a copy with two of their words swapped (any captions).
+    word_swap_negatives: bool = False
     # Word pairs a left-right mirror swaps, e.g. [[left, right]]: each image whose caption holds
     # one joins the batch flipped, with the words swapped. Empty: off.
     mirror_words: list[list[str]] = field(default_factory=list)
@@ -134,7 +136,7 @@ class CLIPStage:
         self.eval_text = self.tokenizer.encode_batch(list(eval_captions))
         self.trainer = Trainer(config.train, config.optim, CLIP(model_config), dataset, config)
         self.trainer.start(resume, restart, init_from)
-        self.negatives = CaptionNegatives(data.hard_negative_groups)
+        self.negatives = CaptionNegatives(data.hard_negative_groups, data.word_swap_negatives)
 
     def altered_captions(self, captions: list[str], ids: list[int], step: int) -> torch.Tensor:
         """(B, T) ids of each caption's hard negative (padding-only where it has none) and
@@ -156,7 +158,7 @@ class CLIPStage:
         images, captions, ids = training_batch(images, list(captions), ids, self.config.data)
         rows = len(images)
         text = self.tokenizer.encode_batch(captions)
-        if self.config.data.hard_negative_groups:
+        if self.config.data.hard_negative_groups or self.config.data.word_swap_negatives:
             negative_text, has_negative = self.altered_captions(captions, ids, step)
             text = torch.cat([text, negative_text])
         out = model(images.to(device), text.to(device))
