@@ -72,13 +72,14 @@ def run_sample(args: argparse.Namespace) -> None:
     out = Path(args.out)
     config = sampling_config(args)
     with tqdm(total=args.n * len(captions), unit="image", desc="sampling") as bar:
-        for i, caption in enumerate(captions):
-            images, scores = pipe.sample(
-                caption, args.n, args.keep, config, args.seed + i, bar.update
-            )
-            path = out if len(captions) == 1 else out.with_name(f"{out.stem}_{i:03d}{out.suffix}")
-            write_results(images, scores, path, args.save_each, f"{i:03d}")
-            print(f"{path}: {len(images)} of {args.n} for {caption!r}")
+        # every caption's candidates in shared batches; each caption reranked on its own
+        results = pipe.sample_many(
+            captions, args.n, args.keep, config=config, seed=args.seed, progress=bar.update
+        )
+    for i, (caption, (images, scores)) in enumerate(zip(captions, results, strict=True)):
+        path = out if len(captions) == 1 else out.with_name(f"{out.stem}_{i:03d}{out.suffix}")
+        write_results(images, scores, path, args.save_each, f"{i:03d}")
+        print(f"{path}: {len(images)} of {args.n} for {caption!r}")
 
 
 def run_complete(args: argparse.Namespace) -> None:

@@ -89,27 +89,29 @@ class Pipeline:
         return next(self.dalle.parameters()).device
 
     @torch.no_grad()
-    def sample(
+    def sample_many(
         self,
-        caption: str,
+        captions: list[str],
         n: int = 64,
         keep: int | None = None,
         config: SamplingConfig | None = None,
         seed: int = 0,
         progress=None,
         prefix: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """n candidates for a caption, reranked by CLIP, best `keep` first.
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """n candidates for each caption, drawn in shared batches, each caption's reranked by
+        CLIP on their own, best `keep` first.
 
         prefix: (m,) codes of the first m cells (raster order) to keep in every candidate;
         progress: optional callable(count) told how many candidates each batch finished.
-        Returns (images (keep, 3, S, S) in [0, 1], CLIP scores (keep,); NaN without CLIP).
+        Returns per caption (images (keep, 3, S, S) in [0, 1], CLIP scores (keep,); NaN
+        without CLIP).
         """
-        if not caption or not caption.strip():
+        if not captions or any(not c or not c.strip() for c in captions):
             raise ValueError("the caption is empty")
         if keep is not None and not 1 <= keep:
             raise ValueError(f"keep must be at least 1, got {keep}")
-        text = self.tokenizer.encode(caption).to(self.device)
+        text = self.tokenizer.encode_batch(captions).to(self.device)
         generator = torch.Generator(self.device).manual_seed(seed)
         codes = sample_candidates(self.dalle, text, n, config, prefix, generator, progress)
         grid = self.dalle.config.grid
@@ -119,11 +121,20 @@ class Pipeline:
                 for part in codes.split(64)
             ]
         )
-        if self.clip is None:  # no reranker: in drawing order
-            keep = n if keep is None else min(keep, n)
-            return images[:keep], torch.full((keep,), float("nan"))
-        order, scores = rerank(self.clip, self.clip_tokenizer, images, caption, keep)
-        return images[order], scores
+        results = []
+        for caption, candidates in zip(captions, images.split(n), strict=True):
+            if self.clip is None:  # no reranker: in drawing order
+                kept = n if keep is None else min(keep, n)
+                results.append((candidates[:kept], torch.full((kept,), float("nan"))))
+                continue
+            order, scores = rerank(self.clip, self.clip_tokenizer, candidates, caption, keep)
+            results.append((candidates[order], scores))
+        return results
+
+    def sample(self, caption: str, n: int = 64, keep: int | None = None, **options):
+        """n candidates for one caption, reranked: sample_many's result for [caption]
+        (options: config, seed, progress, prefix)."""
+        return self.sample_many([caption], n, keep, **options)[0]
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """(3, S, S) in [0, 1] -> (h, w) codes."""

@@ -153,17 +153,19 @@ def sample_candidates(
     generator: torch.Generator | None = None,
     progress=None,
 ) -> torch.Tensor:
-    """n candidates for one caption, config.batch_size at a time.
+    """n candidates per caption, config.batch_size rows at a time; the rows of several captions
+    share batches, so many captions with few candidates each still fill them.
 
-    text: (T,) ids; prefix: (n_given,) codes or None. Returns (n, h*w) codes.
-    progress: optional callable(count) told how many candidates each batch finished.
+    text: (T,) ids of one caption or (C, T) of C; prefix: (m,) codes kept in every candidate,
+    or None. Returns (C * n, h*w) codes, caption by caption. progress: optional
+    callable(count) told how many candidates each batch finished.
     """
     config = config or SamplingConfig()
+    rows = (text if text.ndim == 2 else text[None]).repeat_interleave(n, dim=0)  # (C n, T)
     out = []
-    for first in range(0, n, config.batch_size):
-        size = min(config.batch_size, n - first)
-        batch_prefix = None if prefix is None else prefix.expand(size, -1)
-        out.append(generate(model, text.expand(size, -1), config, batch_prefix, generator))
+    for part in rows.split(config.batch_size):
+        batch_prefix = None if prefix is None else prefix.expand(len(part), -1)
+        out.append(generate(model, part, config, batch_prefix, generator))
         if progress is not None:
-            progress(size)
+            progress(len(part))
     return torch.cat(out)

@@ -116,7 +116,12 @@ class Studio:
         config = self._sampling(temperature, top_k, top_p, guidance)
         try:
             images, scores = self.pipe.sample(
-                caption, n, min(keep, n), config, int(seed), self._progress(progress, n)
+                caption,
+                n,
+                min(keep, n),
+                config=config,
+                seed=int(seed),
+                progress=self._progress(progress, n),
             )
         except ValueError as err:
             raise _error(str(err)) from err

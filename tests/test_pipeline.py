@@ -295,6 +295,21 @@ def test_sample_and_complete_write_reranked_grids(parts, tmp_path, dalle_args):
     assert Image.open(completion).size == (3 * 18 + 2, 20)  # the original, then 2 kept
 
 
+def test_many_captions_sample_together_and_rerank_on_their_own(dalle_run):
+    from dalle1.pipeline import Pipeline
+    from dalle1.sampling import SamplingConfig
+
+    pipe = Pipeline.load(dalle_run)
+    captions = ["a red circle", "a blue square on the left", "a green triangle"]
+    greedy = SamplingConfig(temperature=0, batch_size=4)
+    together = pipe.sample_many(captions, n=3, keep=2, config=greedy)
+    for caption, (images, scores) in zip(captions, together, strict=True):
+        alone, alone_scores = pipe.sample(caption, n=3, keep=2, config=greedy)
+        torch.testing.assert_close(images, alone)
+        torch.testing.assert_close(scores, alone_scores)
+        assert images.shape == (2, 3, 16, 16) and scores[0] >= scores[1]
+
+
 def test_bad_arguments_name_the_problem(parts, tmp_path, dalle_args, capsys):
     run = tmp_path / "dalle"
     assert train.main(dalle_args(parts, run, "train.max_steps=1")) == 0

@@ -90,3 +90,15 @@ def test_guidance_leaves_the_callers_tensors_alone_and_batches_bound_memory(
         progress=seen.append,
     )
     assert out.shape == (10, 16) and seen == [4, 4, 2]
+
+
+def test_several_captions_share_batches_and_keep_their_own_rows(tiny_dalle, random_batch):
+    model = sharpened(tiny_dalle())
+    text, _ = random_batch(model, size=3)
+    greedy = SamplingConfig(temperature=0, batch_size=4)  # batches mix the captions' rows
+    together = sample_candidates(model, text, 2, greedy)
+    assert together.shape == (6, 16)
+    for i in range(3):  # caption i's candidates are rows 2i, 2i + 1, as drawn alone
+        alone = sample_candidates(model, text[i], 2, greedy)
+        assert torch.equal(together[2 * i : 2 * i + 2], alone)
+    assert not torch.equal(together[0], together[2])

@@ -25,6 +25,7 @@ from vqvae.losses import (
     logit_laplace_nll,
     map_pixels,
     psnr,
+    ssim,
     unmap_pixels,
 )
 from vqvae.quantizer import gumbel_softmax, kl_to_uniform
@@ -162,6 +163,21 @@ def test_gumbel_softmax_relaxes_and_hardens():
     # over processes draws the same noise).
     torch.testing.assert_close(gumbel_softmax(logits[2:], 1.0, seeds=[2, 3]), soft[2:])
     assert not torch.equal(gumbel_softmax(logits, 1.0, seeds=[9, 1, 2, 3])[0], soft[0])
+
+
+def test_ssim_is_one_for_equal_images_and_falls_with_structure_lost():
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 24, 24)
+    assert ssim(images, images) == pytest.approx(1.0, abs=1e-5)
+    # A brightness shift keeps the structure; noise and a flat grey lose it.
+    shifted = ssim((images * 0.8 + 0.1), images)
+    noisy = ssim((images + 0.3 * torch.randn_like(images)).clamp(0, 1), images)
+    flat = ssim(torch.full_like(images, images.mean()), images)
+    assert 1.0 > shifted > noisy > flat and flat < 0.05
+    # By hand for a constant pair (no variance): the luminance term alone.
+    a, b = torch.full((1, 1, 11, 11), 0.2), torch.full((1, 1, 11, 11), 0.6)
+    expected = (2 * 0.2 * 0.6 + 1e-4) / (0.2**2 + 0.6**2 + 1e-4)
+    assert ssim(a, b) == pytest.approx(expected, rel=1e-4)
 
 
 def test_codebook_usage_and_psnr():

@@ -74,3 +74,30 @@ def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
     """Peak signal-to-noise ratio in dB of images in [0, 1]: (B, 3, H, W) each."""
     mse = F.mse_loss(images.float(), reference.float()).clamp_min(1e-10)
     return float(-10 * torch.log10(mse))
+
+
+def ssim(images: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean structural similarity (Wang et al. 2004) of images in [0, 1]: (B, 3, H, W) each.
+
+    The standard settings: an 11x11 Gaussian window of sigma 1.5 per channel, C1 = (0.01)^2,
+    C2 = (0.03)^2, averaged over the valid window positions, channels and images. 1 for equal
+    images.
+    """
+    x, y = images.float(), reference.float()
+    coords = torch.arange(11, dtype=torch.float32, device=x.device) - 5
+    gauss = torch.exp(-(coords**2) / (2 * 1.5**2))
+    gauss = gauss / gauss.sum()
+    window = (gauss[:, None] * gauss[None, :]).expand(x.shape[1], 1, 11, 11)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, window, groups=x.shape[1])
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    value = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    )
+    return float(value.mean())

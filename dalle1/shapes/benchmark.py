@@ -68,7 +68,9 @@ def evaluate_suite(
                 image, rows, caption, n=candidates, config=config, seed=seed + index
             )
         else:
-            drawn, _ = pipe_without_clip.sample(caption, candidates, None, config, seed + index)
+            drawn, _ = pipe_without_clip.sample(
+                caption, candidates, config=config, seed=seed + index
+            )
         verdicts = [judge_image(to_pil(img), spec) for img in drawn]
         first[name] = verdicts[0]
         if pipe.clip is not None:
