@@ -28,10 +28,11 @@ from dalle1.config import ConfigError, describe_config, load_config, save_config
 from dalle1.data import iter_captions
 from dalle1.demo import run_demo as run_pipeline_demo
 from dalle1.shapes.scenes import SPLITS, ShapesConfig, write_split
+from dalle1.stages import run_all as run_all_module
 from dalle1.stages.clip import CLIPRunConfig, train_clip
 from dalle1.stages.dalle import DALLERunConfig, train_dalle
 from dalle1.stages.encode import encode_dataset
-from dalle1.stages.run_all import AllStages, presets
+from dalle1.stages.run_all import PRESETS_HELP, AllStages, presets
 from dalle1.stages.vqvae import VQVAERunConfig, train_vqvae
 from dalle1.tokenizer import TextTokenizer, train_tokenizer
 
@@ -183,16 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     everything = stages.add_parser(
         "all",
         help="every stage on one data source, in order",
-        description="Train the text tokenizer, the dVAE, the token cache, CLIP and the "
-        "transformer on SOURCE into OUT, then draw reranked grids for held-out captions and "
-        "complete a held-out image. A stage that is done is reused and an interrupted one "
-        "resumes: the same command again continues where it stopped.",
-        epilog="presets (configs/STAGE_PRESET.yaml): cpu64 = 64 px, 8x8 codes, about half an "
-        "hour on 2 CPU cores; gpu256 = the paper's 256 px -> 32x32 codes, K = 8192, 256 text "
-        "positions, sized for one 24-80 GB GPU, bf16; paper = the paper's 12B transformer "
-        "(torchrun, train.parallel=fsdp); shapes = the demo's; tiny = the tests'. Per-stage "
-        "overrides: STAGE.key=value, e.g. dalle.train.max_steps=20000 vqvae.train.batch_size=16 "
-        "(keys: python train.py STAGE --help).",
+        description=run_all_module.__doc__,
+        epilog=PRESETS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     everything.add_argument("--data", required=True, help="image folder or tar shards")
     everything.add_argument(

@@ -86,13 +86,8 @@ def evaluate_suite(
             out.mkdir(parents=True, exist_ok=True)
             to_pil(best).save(out / f"{name}.png")
             (out / f"{name}.txt").write_text(caption)
-    report = {
-        "suite": suite,
-        "n": len(scenes),
-        "candidates": candidates,
-        "keep": keep,
-        "first": _brief(summarize(first)),
-    }
+    report = {"suite": suite, "n": len(scenes), "candidates": candidates, "keep": keep}
+    report["first"] = _brief(summarize(first))
     if reranked:
         report["reranked"] = _brief(summarize(reranked))
         report["kept"] = _brief(summarize(kept))

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from dalle1.caption_negatives import CaptionNegatives, caption_words, mirror_caption
 from dalle1.clip import CLIP, CLIPConfig, contrastive_loss
 from dalle1.data import open_source
+from dalle1.stages import Stage
 from dalle1.tokenizer import TextTokenizer
 from dalle1.training import OptimConfig, TrainConfig, Trainer
 from dalle1.training.distributed import all_gather_cat
@@ -115,7 +116,7 @@ def training_batch(images: torch.Tensor, captions: list[str], ids: list[int], da
     return images, captions, ids
 
 
-class CLIPStage:
+class CLIPStage(Stage):
     """The CLIP stage's parts: tokenizer, data, trainer, and its step and evaluation."""
 
     def __init__(
@@ -184,10 +185,4 @@ class CLIPStage:
         return retrieval_accuracy(model, self.eval_images.to(device), self.eval_text.to(device)), {}
 
 
-def train_clip(
-    config: CLIPRunConfig, resume: bool = False, restart: bool = False, init_from: str | None = None
-) -> Trainer:
-    """Train the stage; resume, restart, init_from: see Trainer.start."""
-    stage = CLIPStage(config, resume, restart, init_from)
-    stage.trainer.fit(stage.step, stage.evaluate)
-    return stage.trainer
+train_clip = CLIPStage.train

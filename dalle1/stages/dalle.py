@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from dalle1.data import TokenCacheDataset, is_token_cache, open_source
 from dalle1.images import make_grid
 from dalle1.sampling import SamplingConfig, generate, padding_text
+from dalle1.stages import Stage
 from dalle1.tokenizer import TextTokenizer
 from dalle1.training import OptimConfig, TrainConfig, Trainer
 from dalle1.transformer import DALLE, DALLEConfig
@@ -83,7 +84,7 @@ def open_codes(source: str, image_tokenizer: ImageTokenizer, train: bool, seed: 
     return open_source(source, image_tokenizer.image_size, train=train, seed=seed), True
 
 
-class DALLEStage:
+class DALLEStage(Stage):
     """The transformer stage's parts: tokenizers, data, trainer, and its step and evaluation."""
 
     def __init__(
@@ -162,13 +163,4 @@ class DALLEStage:
         return scalars, {"samples": make_grid(images.float(), columns=columns)}
 
 
-def train_dalle(
-    config: DALLERunConfig,
-    resume: bool = False,
-    restart: bool = False,
-    init_from: str | None = None,
-) -> Trainer:
-    """Train the stage; resume, restart, init_from: see Trainer.start."""
-    stage = DALLEStage(config, resume, restart, init_from)
-    stage.trainer.fit(stage.step, stage.evaluate)
-    return stage.trainer
+train_dalle = DALLEStage.train

@@ -39,6 +39,13 @@ TRAINED = {
     "clip": (CLIPRunConfig, train_clip),
     "dalle": (DALLERunConfig, train_dalle),
 }
+PRESETS_HELP = """presets (configs/STAGE_PRESET.yaml):
+  cpu64   64 px, 8x8 codes: about 20 minutes on 2 CPU cores for 800 images
+  gpu256  the paper's 256 px -> 32x32 codes, K = 8192, 256 text positions, for one 24-80 GB GPU
+  paper   the paper's 12B transformer (torchrun, train.parallel=fsdp)
+  shapes  the demo's; tiny: the tests'
+Per-stage overrides: STAGE.key=value, e.g. dalle.train.max_steps=20000 vqvae.train.batch_size=16
+(every key: python train.py STAGE --help)."""
 HELD_OUT_SHARE, HELD_OUT_MAX = 0.05, 500  # of a folder, when no eval data is given
 SAMPLES, KEEP = 32, 8  # candidates per caption and the best kept in the grids
 

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from dalle1.data import open_source
 from dalle1.images import make_grid
+from dalle1.stages import Stage
 from dalle1.training import OptimConfig, TrainConfig, Trainer
 from dalle1.training.distributed import all_gather_cat, all_reduce_sum
 from vqvae import DiscreteVAE, DVAEConfig, DVAELossConfig, dvae_loss
@@ -54,7 +55,7 @@ def step_seed(config: TrainConfig, step: int) -> int:
     return config.seed * 1_000_003 + step
 
 
-class VQVAEStage:
+class VQVAEStage(Stage):
     """The dVAE stage's parts: data, model, trainer, code usage, and its step and evaluation."""
 
     def __init__(
@@ -115,13 +116,4 @@ class VQVAEStage:
         return scalars, {"reconstructions": make_grid(pairs.flatten(0, 1), columns=8)}
 
 
-def train_vqvae(
-    config: VQVAERunConfig,
-    resume: bool = False,
-    restart: bool = False,
-    init_from: str | None = None,
-) -> Trainer:
-    """Train the stage; resume, restart, init_from: see Trainer.start."""
-    stage = VQVAEStage(config, resume, restart, init_from)
-    stage.trainer.fit(stage.step, stage.evaluate)
-    return stage.trainer
+train_vqvae = VQVAEStage.train
