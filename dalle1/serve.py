@@ -22,7 +22,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from dalle1.data import is_token_cache
-from dalle1.data.transforms import BadSample, decode_image, resize_and_crop, to_tensor
+from dalle1.data.transforms import BadSample, read_image
 from dalle1.images import to_pil
 from dalle1.pipeline import Pipeline, read_run_parts
 from dalle1.sampling import SamplingConfig
@@ -108,35 +108,43 @@ class Studio:
 
         return update if progress is not None else None
 
-    def sample(self, caption, n, keep, temperature, top_k, top_p, guidance, seed, progress=None):
-        """Reranked samples for a caption: [(image, 'rank  CLIP score')], best first."""
+    def sample(self, caption, *settings, progress=None):
+        """Reranked samples for a caption: [(image, 'rank  CLIP score')], best first.
+        settings: candidates, kept, temperature, top_k, top_p, guidance, seed."""
+        return self._draw(caption, settings, progress)
+
+    def complete(self, uploaded, held_out, rows, caption, *settings, progress=None):
+        """The original, then the reranked completions of its bottom rows (settings: as for
+        sample())."""
+        picture = self.read_picture(uploaded, held_out)
+        return self._draw(caption, settings, progress, picture, int(rows))
+
+    def _draw(self, caption, settings, progress, picture=None, rows: int = 0) -> list:
+        n, keep, temperature, top_k, top_p, guidance, seed = settings
         caption, n, keep = (caption or "").strip(), int(n), int(keep)
         if not caption:
             raise _error("Type a caption first.")
         config = self._sampling(temperature, top_k, top_p, guidance)
+        options = {"n": n, "keep": min(keep, n), "config": config, "seed": int(seed)}
+        options["progress"] = self._progress(progress, n)
         try:
-            images, scores = self.pipe.sample(
-                caption,
-                n,
-                min(keep, n),
-                config=config,
-                seed=int(seed),
-                progress=self._progress(progress, n),
-            )
+            if picture is None:
+                images, scores = self.pipe.sample(caption, **options)
+            else:
+                images, scores = self.pipe.complete(picture, rows, caption, **options)
         except ValueError as err:
             raise _error(str(err)) from err
-        return self._gallery(images, scores)
+        return self._gallery(images, scores, first=picture)
 
     def read_picture(self, uploaded, held_out) -> torch.Tensor:
         """(3, S, S) in [0, 1] from an uploaded file or a held-out image's path."""
         path = uploaded or held_out
         if not path:
             raise _error("Upload an image or pick one of the run's held-out images.")
-        try:
-            image = decode_image(Path(path).read_bytes())  # the data layer's bomb guard
+        try:  # the data layer's decoding, with its decompression-bomb guard
+            return read_image(path, self.pipe.image_tokenizer.image_size)
         except (BadSample, OSError) as err:
             raise _error(f"Cannot use this image: {err}") from err
-        return to_tensor(resize_and_crop(image, self.pipe.image_tokenizer.image_size, None))
 
     def preview(self, uploaded, held_out, rows) -> Image.Image | None:
         """The picture with a red line under the code rows that are kept."""
@@ -146,24 +154,6 @@ class Studio:
         y = round(int(rows) * picture.height / self.pipe.dalle.config.grid)
         ImageDraw.Draw(picture).line([(0, y), (picture.width, y)], fill=(230, 0, 0), width=2)
         return picture
-
-    def complete(self, uploaded, held_out, rows, caption, *settings, progress=None):
-        """The original, then the reranked completions of its bottom rows. settings: as for
-        sample(): n, keep, temperature, top_k, top_p, guidance, seed."""
-        n, keep, temperature, top_k, top_p, guidance, seed = settings
-        caption, n, keep = (caption or "").strip(), int(n), int(keep)
-        if not caption:
-            raise _error("Type a caption first.")
-        picture = self.read_picture(uploaded, held_out)
-        config = self._sampling(temperature, top_k, top_p, guidance)
-        options = {"n": n, "keep": min(keep, n), "config": config, "seed": int(seed)}
-        try:
-            images, scores = self.pipe.complete(
-                picture, int(rows), caption, progress=self._progress(progress, n), **options
-            )
-        except ValueError as err:
-            raise _error(str(err)) from err
-        return self._gallery(images, scores, first=picture)
 
 
 def _error(message: str) -> gr.Error:

@@ -143,16 +143,12 @@ class Trainer:
         (restart); a folder with checkpoints and neither flag raises RunExistsError.
         init_from: a run or model folder whose weights a new run starts from (fine-tuning)."""
         self._started = True
-        resuming = self.checkpoints.prepare(resume, restart)
-        if not resuming and init_from:
-            self.checkpoints.load_weights(init_from)
-        if resuming:
+        if self.checkpoints.prepare(resume, restart):
             position = self.checkpoints.load(self.device)
-            self.step = position["step"]
-            self.data.epoch, self.data.batch_in_epoch = (
-                position["epoch"],
-                position["batch_in_epoch"],
-            )
+            self.step, self.data.epoch = position["step"], position["epoch"]
+            self.data.batch_in_epoch = position["batch_in_epoch"]
+        elif init_from:
+            self.checkpoints.load_weights(init_from)
 
     def save(self) -> Path | None:
         """Write a checkpoint: every rank gathers, rank 0 writes (the others return None)."""
