@@ -40,7 +40,7 @@ TRAINED = {
     "dalle": (DALLERunConfig, train_dalle),
 }
 PRESETS_HELP = """presets (configs/STAGE_PRESET.yaml):
-  cpu64   64 px, 8x8 codes: about 20 minutes on 2 CPU cores for 800 images
+  cpu64   64 px, 8x8 codes: about 10 minutes on 2 CPU cores for 800 images
   gpu256  the paper's 256 px -> 32x32 codes, K = 8192, 256 text positions, for one 24-80 GB GPU
   paper   the paper's 12B transformer (torchrun, train.parallel=fsdp)
   shapes  the demo's; tiny: the tests'
