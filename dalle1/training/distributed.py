@@ -139,12 +139,6 @@ def shard(model: nn.Module) -> None:
     fully_shard(model)
 
 
-def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
 @contextlib.contextmanager
 def gathered(model: nn.Module) -> Iterator[None]:
     """Every parameter of a sharded model whole on every rank while inside (a no-op otherwise).
