@@ -43,6 +43,7 @@ def sampling_config(args: argparse.Namespace) -> SamplingConfig:
         top_p=args.top_p,
         guidance_scale=args.guidance,
         batch_size=args.batch_size,
+        compile=args.compile,
     )
 
 
@@ -164,8 +165,15 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=32,
-        help="candidates per model call: bounds memory (default 32)",
+        default=0,
+        help="candidates per model call; 0 (default): as many as half the free memory holds",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="compile the decode step (auto: on CUDA, where CUDA graphs remove the per-step "
+        "overhead; on the CPU it did not pay for itself)",
     )
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same images")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")

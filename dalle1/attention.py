@@ -6,8 +6,8 @@ Two paths give the same numbers:
   sees, so the sparse layers save work. torch compiles it on the first call (tens of seconds).
   On CPU it has no backward, so CPU training always takes the dense path.
 
-With a cache (sampling), the new queries attend to every cached key through the rows of the same
-dense mask, so one cache serves every mask, the sparse ones included.
+With a cache (sampling), the prefill takes one of these paths and stores its keys and values;
+each decode step then attends to the keys the cache keeps for its layer (dalle1/kv_cache.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from dalle1.kv_cache import KVCache
 from dalle1.masks import StreamLayout
 
 
@@ -58,30 +59,6 @@ class AttentionMasks:
         return self._block[mask]
 
 
-class KVCache:
-    """Keys and values of every layer for a batch, filled position by position.
-
-    Per layer (B, H, L, d), allocated at the first update with the dtype the layer computes in
-    (bf16 under autocast).
-    """
-
-    def __init__(self, depth: int, length: int) -> None:
-        self.length = length
-        self.keys: list[torch.Tensor | None] = [None] * depth
-        self.values: list[torch.Tensor | None] = [None] * depth
-
-    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
-        """Store (B, H, l, d) k, v at positions start..start+l-1; return all keys/values so far."""
-        if self.keys[layer] is None:
-            batch, heads, _, head_width = k.shape
-            self.keys[layer] = k.new_zeros(batch, heads, self.length, head_width)
-            self.values[layer] = v.new_zeros(batch, heads, self.length, head_width)
-        end = start + k.shape[2]
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-
 class SelfAttention(nn.Module):
     """(B, L, D) -> (B, L, D). mask: this layer's mask (dalle1/masks.py), or None for none."""
 
@@ -99,35 +76,41 @@ class SelfAttention(nn.Module):
         masks: AttentionMasks | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
-        start: int = 0,
+        cell: int | torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: (B, l, D) at stream positions start..start+l-1 (start > 0 only with a cache)."""
-        length = x.shape[1]
+        """x: (B, l, D), the stream's first l positions; or, with `cell` (an int, or a (1,)
+        long tensor when compiled), (B, 1, D) of image position `cell` alone, attending to the
+        cache. Without `cell`, a
+        cache is filled with this layer's keys and values."""
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)
+        if cell is not None:
+            out = cache.attend(layer, q, k, v, cell)
+        else:
+            out = self._attention(q, k, v, masks)
+            if cache is not None:
+                cache.fill(layer, k, v)
+        return self.proj(rearrange(out, "b h l d -> b l (h d)"))
+
+    def _attention(self, q, k, v, masks: AttentionMasks | None) -> torch.Tensor:
+        """(B, H, l, d) each -> (B, H, l, d), over the stream's first l positions."""
+        length = q.shape[2]
         if self.mask is None:
-            out = F.scaled_dot_product_attention(q, k, v)
-        elif masks is None:  # no stream layout: plain causal (CLIP's text encoder)
+            return F.scaled_dot_product_attention(q, k, v)
+        if masks is None:  # no stream layout: plain causal (CLIP's text encoder)
             if self.mask != "causal":
                 raise ValueError(f"a {self.mask!r} attention layer needs the stream's masks")
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif cache is not None:
-            k, v = cache.update(layer, start, k, v)
-            allowed = masks.dense(self.mask)[start : start + length, : start + length]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        elif (
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if (
             masks.use_flex
             and length == masks.layout.length
             and (q.device.type != "cpu" or not q.requires_grad)
         ):
             # (FlexAttention has no backward on CPU: CPU training takes the dense path.)
-            flex = _compiled_flex_attention()
-            out = flex(q, k, v, block_mask=masks.block(self.mask))
-        elif self.mask == "causal":
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            allowed = masks.dense(self.mask)[:length, :length]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        return self.proj(rearrange(out, "b h l d -> b l (h d)"))
+            return _compiled_flex_attention()(q, k, v, block_mask=masks.block(self.mask))
+        if self.mask == "causal":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        allowed = masks.dense(self.mask)[:length, :length]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
 
 
 class Block(nn.Module):

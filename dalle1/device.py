@@ -29,6 +29,19 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes free on `device`: CUDA's free memory, or the CPU's available RAM (Linux
+    /proc/meminfo; 4 GiB where it cannot be read)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as info:
+            fields = dict(line.split(":", 1) for line in info)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 4 << 30
+
+
 def autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager:
     """torch.autocast in `dtype`, or nothing for fp32."""
     if dtype is None:

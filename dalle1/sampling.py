@@ -1,8 +1,14 @@
 """Autoregressive sampling of image codes given text, with a key/value cache.
 
 generate() fills the image cells in raster order: `prefill` runs the text (and any given top
-rows, for completion) through the model once, then `decode_step` costs one position per layer
-per new cell. Without the cache every step reruns the whole prefix (for tests and measuring).
+rows, for completion) through the model once per group of rows that share them (the
+candidates of one caption), then `decode_step` costs one position per layer per new cell,
+attending only to the keys each layer's mask allows (dalle1/kv_cache.py). Without the cache
+every step reruns the whole prefix (for tests and measuring).
+
+The decode step has static shapes, so it can be compiled (CUDA graphs on CUDA). On the CPU
+compiling it did not pay for itself (bench/sampling_speed.py), so `compile="auto"` compiles on
+CUDA only.
 
 Classifier-free guidance (beyond the paper): the same cells are also predicted from the
 padding-only text, and the logits mixed as uncond + scale * (cond - uncond). Both halves run as
@@ -11,11 +17,14 @@ one batch of 2B rows, each row with its own cache entries.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
-from dalle1.attention import KVCache
+from dalle1.device import autocast, autocast_dtype, free_memory
+from dalle1.kv_cache import KVCache, row_bytes
+from dalle1.masks import layer_masks
 from dalle1.transformer import DALLE
 
 
@@ -25,7 +34,9 @@ class SamplingConfig:
     top_k: int = 0  # keep the k most likely codes; 0 = all
     top_p: float = 1.0  # keep the smallest set of codes with this much probability; 1 = all
     guidance_scale: float = 1.0  # classifier-free guidance; 1 = off
-    batch_size: int = 32  # candidates per model call: bounds memory for large n
+    batch_size: int = 0  # candidates per model call; 0: as many as half the free memory holds
+    compile: str = "auto"  # compile the decode step: auto (on CUDA only), yes or no
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on the CPU), fp32 or bf16
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
@@ -33,8 +44,14 @@ class SamplingConfig:
                 "temperature must be >= 0, top_k >= 0 and top_p in (0, 1], got "
                 f"{self.temperature}, {self.top_k}, {self.top_p}"
             )
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.batch_size < 0:
+            raise ValueError(f"batch_size must be at least 1 (or 0: auto), got {self.batch_size}")
+        if self.compile not in ("auto", "yes", "no"):
+            raise ValueError(f"compile must be auto, yes or no, got {self.compile!r}")
+        autocast_dtype(self.precision, torch.device("cpu"))  # checks the name
+
+    def compiles(self, device: torch.device) -> bool:
+        return self.compile == "yes" or (self.compile == "auto" and device.type == "cuda")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -54,12 +71,22 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 def pick(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None):
-    """(B, K) logits -> (B,) codes."""
+    """(B, K) logits -> (B,) codes.
+
+    Sampling inverts the cumulative distribution at one uniform draw per row: B random numbers
+    per step, where torch.multinomial draws B x K (the slowest part of a CPU step at K = 8192).
+    """
     if config.temperature == 0:
         return logits.argmax(-1)
-    logits = filter_logits(logits.float() / config.temperature, config.top_k, config.top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    if config.temperature != 1:
+        logits = logits / config.temperature
+    if config.top_k or config.top_p < 1:
+        logits = filter_logits(logits, config.top_k, config.top_p)
+    cumulative = torch.softmax(logits, dim=-1).cumsum(-1)
+    # u in (0, total]: the first code whose cumulative mass reaches u has a probability > 0.
+    draw = torch.rand(len(logits), 1, generator=generator, device=logits.device)
+    u = (1 - draw) * cumulative[:, -1:]
+    return torch.searchsorted(cumulative, u).squeeze(1)
 
 
 def padding_text(model: DALLE, batch: int, device: torch.device) -> torch.Tensor:
@@ -69,22 +96,43 @@ def padding_text(model: DALLE, batch: int, device: torch.device) -> torch.Tensor
     return ids.expand(batch, -1)
 
 
+def shared_rows(rows: torch.Tensor) -> int:
+    """(B, L) -> the largest n dividing B such that each block of n consecutive rows is one
+    repeated row: rows that share one prefill and one copy of the text's keys."""
+    count = rows.shape[0]
+    for n in range(count, 0, -1):
+        if count % n == 0:
+            blocks = rows.reshape(count // n, n, -1)
+            if bool((blocks == blocks[:, :1]).all()):
+                return n
+    return 1
+
+
 def prefill(model: DALLE, text: torch.Tensor, inputs: torch.Tensor, cache: KVCache):
     """Run the text and the first image positions through the model once, filling the cache.
 
-    text: (B, T) ids; inputs: (B, n + 1) image-position inputs (the start token, then the n
-    given codes). Returns (B, D) features of the last position: they predict cell n.
+    text: (G, T) ids; inputs: (G, n + 1) image-position inputs (the start token, then the n
+    given codes), one row per group of the cache. Returns (G, K) logits of cell n.
     """
-    return model.run_blocks(model.embed(text, inputs), cache, start=0)[:, -1]
+    features = model.run_blocks(model.embed(text, inputs), cache)[:, -1]
+    return model.image_head(features).float()
 
 
-def decode_step(model: DALLE, code: torch.Tensor, position: int, cache: KVCache):
-    """One new stream position through every layer, attending to the cache.
+def decode_step(model: DALLE, code: torch.Tensor, cell: int | torch.Tensor, cache: KVCache):
+    """Image position `cell` through every layer, attending to the cache.
 
-    code: (B, 1) the code of the cell before `position`'s cell. Returns (B, D) features that
-    predict the code of cell position - T.
+    code: (B, 1) the code of cell - 1; cell: an int, or a (1,) long tensor when compiled.
+    Returns (B, K) logits of the code of `cell`.
     """
-    return model.run_blocks(model.embed(None, code, position), cache, position)[:, -1]
+    features = model.run_blocks(model.embed_cell(code, cell), cache, cell)[:, -1]
+    return model.image_head(features).float()
+
+
+@functools.cache
+def compiled_decode_step(device_type: str):
+    """decode_step compiled with static shapes; on CUDA replayed as a CUDA graph."""
+    mode = "reduce-overhead" if device_type == "cuda" else None
+    return torch.compile(decode_step, dynamic=False, mode=mode)
 
 
 @torch.no_grad()
@@ -104,9 +152,9 @@ def generate(
     measurements).
     """
     config = config or SamplingConfig()
-    c = model.config
+    c, device = model.config, text.device
     batch, cells = text.shape[0], c.grid**2
-    codes = torch.zeros(batch, cells, dtype=torch.long, device=text.device)
+    codes = torch.zeros(batch, cells, dtype=torch.long, device=device)
     given = 0
     if prefix is not None:
         given = prefix.shape[1]
@@ -117,31 +165,58 @@ def generate(
         codes[:, :given] = prefix
     guided = config.guidance_scale != 1.0
     if guided:  # rows B..2B: the same cells from the padding-only text
-        text = torch.cat([text, padding_text(model, batch, text.device)])
+        text = torch.cat([text, padding_text(model, batch, device)])
 
     def both(x: torch.Tensor) -> torch.Tensor:  # the same codes for the guided halves
         return torch.cat([x, x]) if guided else x
 
-    def pick_cell(features: torch.Tensor) -> torch.Tensor:  # (rows, D) -> (B,) codes
-        logits = model.image_head(features).float()
+    def pick_cell(logits: torch.Tensor) -> torch.Tensor:  # (rows, K) -> (B,) codes
         if guided:
             cond, uncond = logits.chunk(2)
             logits = uncond + config.guidance_scale * (cond - uncond)
         return pick(logits, config, generator)
 
-    if not use_cache:
+    with autocast(autocast_dtype(config.precision, device), device):
+        if not use_cache:
+            for cell in range(given, cells):
+                x = model.embed(text, model.image_inputs(both(codes[:, :cell])))
+                codes[:, cell] = pick_cell(model.image_head(model.run_blocks(x)[:, -1]).float())
+            return codes
+        inputs = model.image_inputs(both(codes[:, :given]))
+        rows = text.shape[0]
+        share = shared_rows(torch.cat([text, inputs], dim=1))  # e.g. one caption's candidates
+        cache = model.new_cache(rows, rows // share, device)
+        logits = prefill(model, text[::share], inputs[::share], cache)
+        logits = logits.repeat_interleave(share, 0)
+        compiled = config.compiles(device)
+        step = compiled_decode_step(device.type) if compiled else decode_step
+        if compiled and device.type == "cuda":  # the graph reads the cache where it lies
+            for tensor in cache.tensors():
+                torch._dynamo.mark_static_address(tensor)
         for cell in range(given, cells):
-            x = model.embed(text, model.image_inputs(both(codes[:, :cell])))
-            codes[:, cell] = pick_cell(model.run_blocks(x)[:, -1])
-        return codes
-    cache = model.new_cache()
-    features = prefill(model, text, model.image_inputs(both(codes[:, :given])), cache)
-    for cell in range(given, cells):
-        if cell > given:
-            code = both(codes[:, cell - 1 : cell])
-            features = decode_step(model, code, c.text_length + cell, cache)
-        codes[:, cell] = pick_cell(features)
+            if cell > given:
+                position = torch.tensor([cell], device=device) if compiled else cell
+                logits = step(model, both(codes[:, cell - 1 : cell]), position, cache)
+            codes[:, cell] = pick_cell(logits)
     return codes
+
+
+def bytes_per_row(model: DALLE, config: SamplingConfig, device: torch.device) -> int:
+    """Memory one candidate's rows need while decoding: the image keys and values of every
+    layer, the logits and sampling's copies of them, the MLP's activations (x2 with guidance)."""
+    c = model.config
+    dtype = autocast_dtype(config.precision, device)
+    element = 4 if dtype is None else torch.finfo(dtype).bits // 8
+    masks = layer_masks(c.depth, c.attention)
+    cache = row_bytes(c.layout, masks, c.width, element)
+    step = 4 * (6 * c.codebook_size + (2 + c.mlp_ratio) * c.width)
+    return (cache + step) * (2 if config.guidance_scale != 1.0 else 1)
+
+
+def batch_count(model: DALLE, rows: int, config: SamplingConfig, device: torch.device) -> int:
+    """How many batches `rows` candidates take: as few as half the free memory allows."""
+    most = max(1, int(free_memory(device) / 2 // bytes_per_row(model, config, device)))
+    return -(-rows // most)
 
 
 def sample_candidates(
@@ -153,8 +228,9 @@ def sample_candidates(
     generator: torch.Generator | None = None,
     progress=None,
 ) -> torch.Tensor:
-    """n candidates per caption, config.batch_size rows at a time; the rows of several captions
-    share batches, so many captions with few candidates each still fill them.
+    """n candidates per caption, config.batch_size rows at a time (0: chosen from the free
+    memory); the rows of several captions share batches, so many captions with few candidates
+    each still fill them.
 
     text: (T,) ids of one caption or (C, T) of C; prefix: (m,) codes kept in every candidate,
     or None. Returns (C * n, h*w) codes, caption by caption. progress: optional
@@ -162,8 +238,12 @@ def sample_candidates(
     """
     config = config or SamplingConfig()
     rows = (text if text.ndim == 2 else text[None]).repeat_interleave(n, dim=0)  # (C n, T)
+    if config.batch_size:
+        parts = rows.split(config.batch_size)
+    else:  # batches of equal size, within the memory
+        parts = rows.tensor_split(batch_count(model, len(rows), config, rows.device))
     out = []
-    for part in rows.split(config.batch_size):
+    for part in parts:
         batch_prefix = None if prefix is None else prefix.expand(len(part), -1)
         out.append(generate(model, part, config, batch_prefix, generator))
         if progress is not None:

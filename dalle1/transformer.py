@@ -21,7 +21,8 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from dalle1.attention import AttentionMasks, Block, KVCache
+from dalle1.attention import AttentionMasks, Block
+from dalle1.kv_cache import KVCache
 from dalle1.masks import StreamLayout, layer_masks
 from pretrained import Pretrained
 
@@ -136,40 +137,39 @@ class DALLE(Pretrained, nn.Module):
             self._masks = AttentionMasks(layout, device, flex)
         return self._masks
 
-    def embed(self, text: torch.Tensor | None, image_inputs: torch.Tensor, start: int = 0):
-        """Embeddings of the positions start .. start + l - 1 of the stream.
-
-        text: (B, T) ids when start < T (only full text is supported), else None;
-        image_inputs: (B, n) image-position inputs (codes, or start_token at position 0) for
-        the image positions from max(start - T, 0) on. Returns (B, l, D).
-        """
-        parts = []
+    def embed(self, text: torch.Tensor, image_inputs: torch.Tensor) -> torch.Tensor:
+        """Embeddings of the stream's first T + n positions: (B, T) text ids and (B, n)
+        image-position inputs (the start token, then codes) -> (B, T + n, D)."""
         text_length, grid = self.config.text_length, self.config.grid
-        if start < text_length:
-            if start != 0 or text is None or text.shape[1] != text_length:
-                raise ValueError(f"expected text ids of shape (B, {text_length}) at position 0")
-            parts.append(self.text_embedding(text) + self.text_positions)
-        first = max(start - text_length, 0)
-        count = image_inputs.shape[1]
-        if count:
-            cells = torch.arange(first, first + count, device=image_inputs.device)
-            position = self.row_embedding[cells // grid] + self.column_embedding[cells % grid]
-            parts.append(self.image_embedding(image_inputs) + position)
-        return torch.cat(parts, dim=1)
+        if text.shape[1] != text_length:
+            raise ValueError(f"expected text ids of shape (B, {text_length})")
+        cells = torch.arange(image_inputs.shape[1], device=image_inputs.device)
+        position = self.row_embedding[cells // grid] + self.column_embedding[cells % grid]
+        image = self.image_embedding(image_inputs) + position
+        return torch.cat([self.text_embedding(text) + self.text_positions, image], dim=1)
 
     def image_inputs(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, n) codes of cells 0..n-1 -> (B, n + 1) inputs: start token, then the codes."""
         start = codes.new_full((codes.shape[0], 1), self.start_token)
         return torch.cat([start, codes], dim=1)
 
-    def run_blocks(self, x: torch.Tensor, cache: KVCache | None = None, start: int = 0):
-        """(B, l, D) embeddings at positions start.. -> (B, l, D) final-norm features."""
+    def embed_cell(self, code: torch.Tensor, cell: int | torch.Tensor) -> torch.Tensor:
+        """(B, 1) input of image position `cell` (an int, or a (1,) long tensor when compiled):
+        the code of cell - 1, or the start token -> (B, 1, D). One decode step's embedding."""
+        grid = self.config.grid
+        position = self.row_embedding[cell // grid] + self.column_embedding[cell % grid]
+        return self.image_embedding(code) + position
+
+    def run_blocks(self, x: torch.Tensor, cache: KVCache | None = None, cell=None):
+        """(B, l, D) embeddings of the stream's first l positions -> (B, l, D) final-norm
+        features; a cache given is filled. With `cell` (an int or a (1,) long tensor), x is
+        (B, 1, D) of image position `cell` alone, attending to the cache."""
         masks = self.masks(x.device)
         for i, block in enumerate(self.blocks):
             if self.config.activation_checkpointing and self.training and cache is None:
                 x = checkpoint(block, x, masks, use_reentrant=False)
             else:
-                x = block(x, masks, cache, i, start)
+                x = block(x, masks, cache, i, cell)
         return self.norm(x)
 
     def forward(self, text: torch.Tensor, codes: torch.Tensor) -> DALLEOutput:
@@ -201,5 +201,7 @@ class DALLE(Pretrained, nn.Module):
         x = self.embed(text, self.image_inputs(codes[:, :-1]))
         return self.image_head(self.run_blocks(x)[:, self.config.text_length :])
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.config.depth, self.config.layout.length)
+    def new_cache(self, rows: int, groups: int, device: torch.device) -> KVCache:
+        """An empty decoding cache for `rows` rows in `groups` groups that share their text."""
+        masks = layer_masks(self.config.depth, self.config.attention)
+        return KVCache(self.config.layout, masks, rows, groups, device)
