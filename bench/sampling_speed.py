@@ -2,10 +2,11 @@
 
 For the demo model and a 1280-position model (256 text + 32x32 image positions), 4, 32 and 512
 candidates of one caption, each path in a fresh process (so that its peak memory is its own):
-images/s, image tokens/s, the time the run's FLOPs take at the fp32 matmul rate measured in this
-run, the peak memory over the model's, and the KV-cache bytes per candidate. Then the compiled
-decode step against the eager one (cold compile time, ms per step, from how many candidates it
-pays), and, computed rather than run, the cache bytes per candidate of larger models in bf16.
+images/s, image tokens/s, the time the run's FLOPs take at the matmul rate (the better of a
+2048^3 matmul just before and just after the run, in its process), the peak memory over the
+model's, and the KV-cache bytes per candidate. Then the compiled decode step against the eager
+one (cold compile time, ms per step, from how many candidates it pays), and, computed rather
+than run, the cache bytes per candidate of larger models in bf16.
 
 FLOPs of a run: 2 per weight per position (the blocks, and the image head at image positions)
 for the caption's text once and every candidate's image positions, plus 4 d per key a query's
@@ -131,6 +132,9 @@ def run_path(name: str, path: str, n: int, device: str, precision: str) -> dict:
     text = torch.randint(0, model.config.text_vocab_size, (model.config.text_length,))
     text = text.to(device)
     generator = torch.Generator(device).manual_seed(0)
+    element = 2 if precision == "bf16" or (precision == "auto" and device.type == "cuda") else 4
+    dtype = torch.bfloat16 if element == 2 and path == "windowed" else torch.float32
+    rate = matmul_rate(dtype, device)
     before = peak_bytes(device)
     start = time.perf_counter()
     if path == "full cache (before)":
@@ -140,9 +144,11 @@ def run_path(name: str, path: str, n: int, device: str, precision: str) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    element = 2 if precision == "bf16" or (precision == "auto" and device.type == "cuda") else 4
+    rate = max(rate, matmul_rate(dtype, device))  # the better of before and after the run
     return {
         "seconds": seconds,
+        "matmul_gflops": rate / 1e9,
+        "dtype": str(dtype).removeprefix("torch."),
         "peak_mib": (peak_bytes(device) - before) / 2**20,
         "cache_mib_per_candidate": cache_bytes_per_candidate(model, path, n, element) / 2**20,
         "flops": sampling_flops(model, n),
@@ -180,12 +186,6 @@ def run_compile(name: str, rows: int, device: str, steps: int = 16) -> dict:
     }
 
 
-def rate(report: dict, path: str, bf16: bool) -> float:
-    """The matmul rate a path's FLOPs are measured against: bf16 for the windowed path in bf16."""
-    fast = bf16 and path == "windowed"
-    return 1e9 * report["matmul_gflops_bf16" if fast else "matmul_gflops"]
-
-
 def in_fresh_process(function, *args) -> dict:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(function, args)
@@ -211,20 +211,18 @@ def computed_rows() -> dict:
 
 
 def print_table(report: dict) -> None:
+    print(f"\n{report['machine']}")
     print(
-        f"\nmatmul {report['matmul_gflops']:.0f} GFLOP/s fp32, {report['matmul_gflops_bf16']:.0f}"
-        f" bf16 ({report['machine']})"
+        "| model | candidates | path | s | images/s | image tokens/s | matmul GFLOP/s | "
+        "x FLOP time | peak MiB | cache MiB / candidate |"
     )
-    print(
-        "| model | candidates | path | s | images/s | image tokens/s | x FLOP time | peak MiB "
-        "| cache MiB / candidate |"
-    )
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in report["rows"]:
         print(
             f"| {r['model']} | {r['n']} | {r['path']} | {r['seconds']:.1f} | "
             f"{r['images_per_s']:.2f} | {r['image_tokens_per_s']:,.0f} | "
-            f"{r['x_flop_time']:.1f} | {r['peak_mib']:,.0f} | {r['cache_mib_per_candidate']:.2f} |"
+            f"{r['matmul_gflops']:.0f} {r['dtype']} | {r['x_flop_time']:.1f} | "
+            f"{r['peak_mib']:,.1f} | {r['cache_mib_per_candidate']:.2f} |"
         )
     for r in report["compile"]:
         pays = r["pays_after_candidates"]
@@ -250,11 +248,8 @@ def main() -> None:
     parser.add_argument("--json", default="runs/bench/sampling_speed.json")
     args = parser.parse_args()
     device = pick_device(args.device)
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     report = {
         "machine": f"{machine()}, torch {torch.__version__}",
-        "matmul_gflops": matmul_rate(torch.float32, device) / 1e9,
-        "matmul_gflops_bf16": matmul_rate(torch.bfloat16, device) / 1e9,
         "greedy_codes_agree": paths_agree(args.models[0], device),
         "rows": [],
         "compile": [],
@@ -272,7 +267,7 @@ def main() -> None:
                     "path": path,
                     "images_per_s": n / row["seconds"],
                     "image_tokens_per_s": cells / row["seconds"],
-                    "x_flop_time": row["seconds"] / (row["flops"] / rate(report, path, bf16)),
+                    "x_flop_time": row["seconds"] * row["matmul_gflops"] * 1e9 / row["flops"],
                 }
                 report["rows"].append(row)
                 print(json.dumps(row), flush=True)

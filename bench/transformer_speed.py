@@ -1,20 +1,17 @@
-"""Transformer speed on this machine: training tokens/s and sampling images/s against matmul peak.
+"""Transformer speed on this machine: training tokens/s against matmul peak (sampling:
+bench/sampling_speed.py).
 
 - matmul: a 2048^3 matmul in fp32 and bf16, the machine's practical peak;
 - train: tokens/s of forward + backward + AdamW for the demo model (configs/dalle_shapes.yaml
   with the demo's sizes) and for a 1280-position model (256 text + 32x32 image, small width),
   sparse vs plain causal, fp32 and bf16 autocast, and the model FLOPs/s that gives;
-- attention: one forward of the 1280-position model, FlexAttention vs the dense masked path;
-- sample: image tokens/s and images/s of generate() for 4, 32 and 512 candidates, with the
-  cache, and without it for 4 of the demo model, against the time the FLOPs take at the
-  measured matmul rate.
+- attention: one forward of the 1280-position model, FlexAttention vs the dense masked path.
 
-Model FLOPs per position: 6 N (train) or 2 N (inference) for the N weights of the blocks and of the
-output head the position uses, plus the attention matmuls as if causal (4 d per earlier position,
-x3 in training).
+Model FLOPs per position: 6 N for the N weights of the blocks and of the output head the
+position uses, plus the attention matmuls as if causal (12 d per earlier position).
 
-    python bench/transformer_speed.py            # everything (about 10 minutes on 2 cores)
-    python bench/transformer_speed.py --quick    # fewer steps and no 512-candidate runs
+    python bench/transformer_speed.py            # everything (a few minutes on 2 cores)
+    python bench/transformer_speed.py --quick    # fewer steps
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from dalle1.sampling import SamplingConfig, sample_candidates
 from dalle1.transformer import DALLE, DALLEConfig
 
 DEMO = dict(
@@ -61,7 +57,7 @@ def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def flops_per_token(model: DALLE, train: bool) -> float:
+def flops_per_token(model: DALLE) -> float:
     """Matmul FLOPs per stream position: the blocks' weights, the head its part uses, and the
     attention scores and sums over the earlier positions (counted as causal)."""
     c = model.config
@@ -71,7 +67,7 @@ def flops_per_token(model: DALLE, train: bool) -> float:
         + c.grid**2 * model.image_head.weight.numel()
     ) / c.layout.length
     attention = c.depth * 2 * c.width * c.layout.length  # 4 d per earlier position, causal
-    return (6 if train else 2) * (blocks + heads) + (3 if train else 1) * attention
+    return 6 * (blocks + heads) + 3 * attention
 
 
 def train_speed(config: dict, attention: str, precision: str, batch: int, steps: int) -> dict:
@@ -92,7 +88,7 @@ def train_speed(config: dict, attention: str, precision: str, batch: int, steps:
         optimizer.step()
     seconds = (time.perf_counter() - start) / steps
     tokens = batch * c.layout.length / seconds
-    return {"tokens_per_s": tokens, "model_flops_per_s": tokens * flops_per_token(model, True)}
+    return {"tokens_per_s": tokens, "model_flops_per_s": tokens * flops_per_token(model)}
 
 
 @torch.no_grad()
@@ -109,34 +105,9 @@ def attention_speed(impl: str, attention: str, batch: int = 2, repeats: int = 3)
     return (time.perf_counter() - start) / repeats
 
 
-@torch.no_grad()
-def sample_speed(config: dict, attention: str, n: int, use_cache: bool, batch: int) -> dict:
-    torch.manual_seed(0)
-    model = DALLE(DALLEConfig(**config, attention=attention, attention_impl="dense")).eval()
-    c = model.config
-    text = torch.randint(0, c.text_vocab_size, (c.text_length,))
-    sampling = SamplingConfig(batch_size=batch)
-    generator = torch.Generator().manual_seed(0)
-    start = time.perf_counter()
-    if use_cache:
-        sample_candidates(model, text, n, sampling, generator=generator)
-    else:
-        from dalle1.sampling import generate
-
-        generate(model, text.expand(n, -1), sampling, generator=generator, use_cache=False)
-    seconds = time.perf_counter() - start
-    flops = n * c.layout.length * flops_per_token(model, False)
-    return {
-        "images_per_s": n / seconds,
-        "image_tokens_per_s": n * c.grid**2 / seconds,
-        "seconds": seconds,
-        "flops": flops,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps, no 512 candidates")
+    parser.add_argument("--quick", action="store_true", help="fewer steps")
     parser.add_argument("--json", default="runs/bench/transformer_speed.json")
     args = parser.parse_args()
     steps = 3 if args.quick else 8
@@ -177,26 +148,6 @@ def main() -> None:
         report["attention_forward_1280_s"][f"{impl} {attention}"] = seconds
         print(f"forward, 1280 positions, batch 2, {impl} {attention}: {seconds * 1000:.0f} ms")
 
-    report["sample"] = []
-    cases = [("demo", DEMO, n) for n in (4, 32, 512)] + [("1280", LONG, n) for n in (4, 32)]
-    for name, config, n in cases:
-        if args.quick and n > 32:
-            continue
-        for attention in ("sparse", "causal"):
-            for use_cache in (True, False):
-                if not use_cache and (n > 4 or name == "1280"):  # quadratic: small cases only
-                    continue
-                row = sample_speed(config, attention, n, use_cache, batch=32)
-                row["at_matmul_peak_s"] = row.pop("flops") / rates["fp32"]
-                row |= {"model": name, "attention": attention, "cache": use_cache, "n": n}
-                report["sample"].append(row)
-                print(
-                    f"sample {name:>5} n={n:<4} {attention:>6} cache={use_cache!s:5}: "
-                    f"{row['images_per_s']:7.2f} images/s, "
-                    f"{row['image_tokens_per_s']:8.0f} image tokens/s "
-                    f"({row['seconds']:.1f} s; FLOPs at matmul peak: "
-                    f"{row['at_matmul_peak_s']:.1f} s)"
-                )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1))
 

@@ -44,6 +44,7 @@ def sampling_config(args: argparse.Namespace) -> SamplingConfig:
         guidance_scale=args.guidance,
         batch_size=args.batch_size,
         compile=args.compile,
+        precision=args.precision,
     )
 
 
@@ -174,6 +175,12 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="compile the decode step (auto: on CUDA, where CUDA graphs remove the per-step "
         "overhead; on the CPU it did not pay for itself)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto (default): bf16 autocast on CUDA, fp32 on the CPU",
     )
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same images")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")

@@ -86,20 +86,3 @@ class StreamLayout:
         """(L, L) bool, True where attention is allowed."""
         index = torch.arange(self.length, device=device)
         return self.allowed(mask, index[:, None], index[None, :])
-
-
-def cache_length(layout: StreamLayout, mask: str) -> int:
-    """The most keys a decoding KV cache of a layer with this mask must hold at once.
-
-    Key k is needed from its own position until the last query that may see it; the cache must
-    hold, at every step, every key whose interval covers that step. Computed from the dense mask,
-    so it is exact for every mask (full length for causal and column masks: every cell is in
-    some later cell's column; w + 1 image keys plus the text for the row mask).
-    """
-    allowed = layout.dense_mask(mask)  # (L, L): query, key
-    length = layout.length
-    last_use = length - 1 - allowed.flip(0).int().argmax(0)  # (L,) the last query of each key
-    covered = torch.zeros(length + 1, dtype=torch.long)
-    covered.index_add_(0, torch.arange(length), torch.ones(length, dtype=torch.long))
-    covered.index_add_(0, last_use + 1, -torch.ones(length, dtype=torch.long))
-    return int(covered.cumsum(0)[:length].max())

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle1.masks import StreamLayout, cache_length, layer_masks
+from dalle1.masks import StreamLayout, layer_masks
 from dalle1.transformer import DALLE, DALLEConfig
 
 # Image part of the masks of a 4x4 image (rows: query image position, columns: key image
@@ -218,18 +218,3 @@ def test_bad_shapes_and_names_are_clear_errors(tiny_dalle, random_batch):
         model(text[:, :4], codes)
     with pytest.raises(ValueError, match="attention must be sparse or causal"):
         DALLEConfig(attention="axial")
-
-
-def test_cache_length_is_what_the_masks_let_decoding_forget():
-    for layout in (StreamLayout(3, 4, 3), StreamLayout(5, 6, 5)):
-        for mask in ("row", "column", "conv", "causal"):
-            # Brute force: at each step p, the keys k <= p that a query at p or later sees.
-            allowed = layout.dense_mask(mask)
-            needed = max(int(allowed[p:, : p + 1].any(0).sum()) for p in range(layout.length))
-            assert cache_length(layout, mask) == needed, (layout, mask)
-    layout = StreamLayout(text_length=3, grid=4, conv_kernel=3)
-    assert cache_length(layout, "row") == 3 + 4 + 1  # the text and w + 1 cells
-    assert cache_length(layout, "causal") == layout.length
-    assert cache_length(layout, "conv") < cache_length(layout, "column") < layout.length
-    paper = StreamLayout(text_length=256, grid=32, conv_kernel=11)
-    assert cache_length(paper, "row") == 256 + 33

@@ -1,0 +1,128 @@
+"""The reranking curve: how CLIP's choice gets better as it chooses from more candidates.
+
+For each suite, every scene's caption gets 512 candidates (drawn once, each judged once, each
+scored once by CLIP). For N = 1, 2, 4, ..., 512 the first N drawn are ranked by CLIP: the judged
+accuracy of its top-1, and the mean accuracy of its best k (k = 4 and 32, where N >= k). Written
+as JSON and drawn as a PNG (accuracy against N, log scale), one colour per suite.
+
+    python bench/rerank_curve.py --run runs/demo/dalle [--scenes 20] [--out docs/rerank_curve.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from dalle1.clip import rerank
+from dalle1.data.transforms import read_image
+from dalle1.images import to_pil
+from dalle1.pipeline import Pipeline
+from dalle1.shapes.benchmark import SUITES, read_suite
+from dalle1.shapes.judge import judge_image
+
+COUNTS = [2**i for i in range(10)]  # 1 .. 512 candidates
+KEPT = (4, 32)
+COLOURS = {"single": (31, 119, 180), "pair": (214, 39, 40), "novel": (44, 160, 44)}
+COLOURS["completion"] = (148, 103, 189)
+
+
+def judged_candidates(pipe: Pipeline, suite: str, folder: Path, scenes: int, seed: int):
+    """Per scene: (passes (512,) bool in drawing order, CLIP scores (512,))."""
+    drawer = Pipeline(pipe.dalle, pipe.image_tokenizer, pipe.tokenizer)  # drawing order
+    rows = pipe.dalle.config.grid // 2
+    out = []
+    for index, (name, caption, spec) in enumerate(tqdm(read_suite(folder, scenes), desc=suite)):
+        options = dict(n=COUNTS[-1], seed=seed + index)
+        if suite == "completion":
+            image = read_image(folder / f"{name}.png", pipe.image_tokenizer.image_size)
+            drawn, _ = drawer.complete(image, rows, caption, **options)
+        else:
+            drawn, _ = drawer.sample(caption, **options)
+        passes = torch.tensor([judge_image(to_pil(image), spec)["pass"] for image in drawn])
+        order, sorted_scores = rerank(pipe.clip, pipe.clip_tokenizer, drawn, caption)
+        scores = torch.empty_like(sorted_scores).scatter_(0, order, sorted_scores)
+        out.append((passes, scores))
+    return out
+
+
+def curve(judged: list) -> dict:
+    """{"top1": [...], "best4": [...], "best32": [...]} accuracies over COUNTS (None: N < k)."""
+    result = {"top1": []} | {f"best{k}": [] for k in KEPT}
+    for count in COUNTS:
+        ranked = [p[:count][s[:count].argsort(descending=True, stable=True)] for p, s in judged]
+        result["top1"].append(sum(float(r[0]) for r in ranked) / len(ranked))
+        for k in KEPT:
+            mean = sum(r[:k].float().mean().item() for r in ranked) / len(ranked)
+            result[f"best{k}"].append(mean if count >= k else None)
+    return result
+
+
+def draw(curves: dict, title: str, path: Path, size=(760, 460)) -> None:
+    """Accuracy (0-100%) against candidates (log2): thick CLIP top-1, thin the best 32's mean."""
+    image = Image.new("RGB", size, "white")
+    pen = ImageDraw.Draw(image)
+    left, top, right, bottom = 60, 40, size[0] - 170, size[1] - 50
+    x = lambda i: left + (right - left) * i / (len(COUNTS) - 1)  # noqa: E731
+    y = lambda a: bottom - (bottom - top) * a  # noqa: E731
+    pen.rectangle([left, top, right, bottom], outline="black")
+    for i, count in enumerate(COUNTS):
+        pen.line([x(i), bottom, x(i), bottom + 5], fill="black")
+        pen.text((x(i) - 8, bottom + 8), str(count), fill="black")
+    for a in range(0, 101, 20):
+        pen.line([left - 5, y(a / 100), right, y(a / 100)], fill=(225, 225, 225))
+        pen.text((left - 35, y(a / 100) - 6), f"{a}%", fill="black")
+    pen.text((left, 12), title, fill="black")
+    pen.text(((left + right) // 2 - 80, bottom + 28), "candidates reranked by CLIP", fill="black")
+    for row, (suite, lines) in enumerate(curves.items()):
+        colour = COLOURS[suite]
+        for key, width in (("top1", 3), ("best32", 1)):
+            points = [(x(i), y(a)) for i, a in enumerate(lines[key]) if a is not None]
+            pen.line(points, fill=colour, width=width)
+        pen.line(
+            [right + 15, top + 20 * row + 7, right + 40, top + 20 * row + 7], fill=colour, width=3
+        )
+        pen.text((right + 45, top + 20 * row), suite, fill="black")
+    pen.text((right + 15, top + 100), "thick: CLIP top-1", fill="black")
+    pen.text((right + 15, top + 116), "thin: mean of best 32", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", default="runs/demo/dalle", help="a transformer run with CLIP")
+    parser.add_argument("--data", help="the shapes data (default: RUN/../data)")
+    parser.add_argument("--scenes", type=int, default=20, help="scenes per suite")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/bench/rerank_curve.png")
+    parser.add_argument("--json", default="runs/bench/rerank_curve.json")
+    args = parser.parse_args()
+    pipe = Pipeline.load(args.run)
+    if pipe.clip is None:
+        parser.error(f"{args.run} names no CLIP run (data.clip): nothing to rerank with")
+    data = Path(args.data) if args.data else Path(args.run).resolve().parent / "data"
+    start, curves = time.perf_counter(), {}
+    for suite in SUITES:
+        folder = data / ("pair" if suite == "completion" else suite)
+        curves[suite] = curve(judged_candidates(pipe, suite, folder, args.scenes, args.seed))
+        print(
+            suite,
+            json.dumps({k: [v and round(v, 3) for v in vs] for k, vs in curves[suite].items()}),
+        )
+    report = {"run": args.run, "scenes": args.scenes, "counts": COUNTS, "curves": curves}
+    report["seconds"] = time.perf_counter() - start
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=1))
+    title = f"{args.run}: judged accuracy of CLIP's choice, {args.scenes} scenes per suite"
+    draw(curves, title, Path(args.out))
+    print(f"{report['seconds']:.0f} s; plot: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
