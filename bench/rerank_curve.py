@@ -1,8 +1,9 @@
 """The reranking curve: how CLIP's choice gets better as it chooses from more candidates.
 
 For each suite, every scene's caption gets 512 candidates (drawn once, each judged once, each
-scored once by CLIP). For N = 1, 2, 4, ..., 512 the first N drawn are ranked by CLIP: the judged
-accuracy of its top-1, and the mean accuracy of its best k (k = 4 and 32, where N >= k). Written
+scored once by CLIP). For N = 1, 2, 4, ..., 512, groups of N of them are ranked by CLIP: the
+judged accuracy of its top-1, and the mean accuracy of its best k (k = 4 and 32, where N >= k),
+averaged over the 512 / N disjoint groups of every scene. Written
 as JSON and drawn as a PNG (accuracy against N, log scale), one colour per suite.
 
     python bench/rerank_curve.py --run runs/demo/dalle [--scenes 20] [--out docs/rerank_curve.png]
@@ -52,14 +53,20 @@ def judged_candidates(pipe: Pipeline, suite: str, folder: Path, scenes: int, see
 
 
 def curve(judged: list) -> dict:
-    """{"top1": [...], "best4": [...], "best32": [...]} accuracies over COUNTS (None: N < k)."""
+    """{"top1": [...], "best4": [...], "best32": [...]} accuracies over COUNTS (None: N < k).
+
+    For N candidates, each scene's 512 are cut into 512 / N disjoint groups in drawing order and
+    CLIP ranks each group: the mean over groups is the expected accuracy of reranking N."""
     result = {"top1": []} | {f"best{k}": [] for k in KEPT}
     for count in COUNTS:
-        ranked = [p[:count][s[:count].argsort(descending=True, stable=True)] for p, s in judged]
-        result["top1"].append(sum(float(r[0]) for r in ranked) / len(ranked))
+        ranked = []  # (groups, count) passes in CLIP's order, every scene's groups together
+        for passes, scores in judged:
+            groups = scores.view(-1, count).argsort(dim=1, descending=True, stable=True)
+            ranked.append(passes.view(-1, count).gather(1, groups).float())
+        ranked = torch.cat(ranked)
+        result["top1"].append(ranked[:, 0].mean().item())
         for k in KEPT:
-            mean = sum(r[:k].float().mean().item() for r in ranked) / len(ranked)
-            result[f"best{k}"].append(mean if count >= k else None)
+            result[f"best{k}"].append(ranked[:, :k].mean().item() if count >= k else None)
     return result
 
 

@@ -135,6 +135,19 @@ def compiled_decode_step(device_type: str):
     return torch.compile(decode_step, dynamic=False, mode=mode)
 
 
+def starting_codes(batch: int, cells: int, prefix: torch.Tensor | None, device: torch.device):
+    """(B, cells) codes holding the (B, n) prefix (or nothing) in front, and n."""
+    codes = torch.zeros(batch, cells, dtype=torch.long, device=device)
+    if prefix is None:
+        return codes, 0
+    if prefix.shape[0] != batch or not 0 <= prefix.shape[1] < cells:
+        raise ValueError(
+            f"prefix must be (B={batch}, n < {cells}) codes, got {tuple(prefix.shape)}"
+        )
+    codes[:, : prefix.shape[1]] = prefix
+    return codes, prefix.shape[1]
+
+
 @torch.no_grad()
 def generate(
     model: DALLE,
@@ -152,17 +165,8 @@ def generate(
     measurements).
     """
     config = config or SamplingConfig()
-    c, device = model.config, text.device
-    batch, cells = text.shape[0], c.grid**2
-    codes = torch.zeros(batch, cells, dtype=torch.long, device=device)
-    given = 0
-    if prefix is not None:
-        given = prefix.shape[1]
-        if prefix.shape[0] != batch or not 0 <= given < cells:
-            raise ValueError(
-                f"prefix must be (B={batch}, n < {cells}) codes, got {tuple(prefix.shape)}"
-            )
-        codes[:, :given] = prefix
+    device, batch, cells = text.device, text.shape[0], model.config.grid**2
+    codes, given = starting_codes(batch, cells, prefix, device)
     guided = config.guidance_scale != 1.0
     if guided:  # rows B..2B: the same cells from the padding-only text
         text = torch.cat([text, padding_text(model, batch, device)])

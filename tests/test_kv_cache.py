@@ -8,7 +8,7 @@ import torch
 import dalle1.sampling
 from dalle1.kv_cache import SlotPlan, row_bytes
 from dalle1.masks import MASKS, StreamLayout, layer_masks
-from dalle1.sampling import SamplingConfig, generate, pick, sample_candidates
+from dalle1.sampling import SamplingConfig, generate, pick, prefill, sample_candidates
 
 LAYOUTS = [
     StreamLayout(2, 3, 3),
@@ -162,3 +162,14 @@ def test_pick_draws_each_code_with_its_probability_and_never_a_filtered_one():
     assert torch.allclose(frequency, probs, atol=0.01)
     top2 = pick(logits, SamplingConfig(top_k=2), torch.Generator().manual_seed(0))
     assert set(top2.tolist()) == {0, 1}
+
+
+def test_the_cache_holds_the_bytes_the_batch_size_is_planned_with(tiny_dalle, random_batch):
+    model = tiny_dalle(grid=5, conv_kernel=5)
+    c = model.config
+    text, _ = random_batch(model, size=1)
+    cache = model.new_cache(rows=4, groups=1, device=torch.device("cpu"))
+    prefill(model, text, model.image_inputs(text[:, :0]), cache)
+    masks = layer_masks(c.depth, c.attention)
+    text_bytes = 2 * c.depth * c.text_length * c.width * 4 / 4  # once for the 4 rows
+    assert cache.bytes_per_row() == row_bytes(c.layout, masks, c.width, 4) + text_bytes
