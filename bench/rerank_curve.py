@@ -6,7 +6,7 @@ judged accuracy of its top-1, and the mean accuracy of its best k (k = 4 and 32,
 averaged over the 512 / N disjoint groups of every scene. Written
 as JSON and drawn as a PNG (accuracy against N, log scale), one colour per suite.
 
-    python bench/rerank_curve.py --run runs/demo/dalle [--scenes 20] [--out docs/rerank_curve.png]
+    python bench/rerank_curve.py --run runs/demo/dalle [--scenes 30] [--out docs/rerank_curve.png]
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default="runs/demo/dalle", help="a transformer run with CLIP")
     parser.add_argument("--data", help="the shapes data (default: RUN/../data)")
-    parser.add_argument("--scenes", type=int, default=20, help="scenes per suite")
+    parser.add_argument("--scenes", type=int, default=30, help="scenes per suite")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench/rerank_curve.png")
     parser.add_argument("--json", default="runs/bench/rerank_curve.json")
