@@ -92,7 +92,7 @@ def run_all(args: argparse.Namespace) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    run_pipeline_demo(args.out, args.size, args.holdout, evaluate=not args.no_eval)
+    run_pipeline_demo(args.out, args.size, args.holdout, not args.no_eval, seed=args.seed)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -217,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=64, help="canvas side in pixels (default 64)")
     demo.add_argument(
         "--holdout", default="red:triangle,blue:circle", help="held-out COLOUR:SHAPE pairs"
+    )
+    demo.add_argument(
+        "--seed", type=int, default=0, help="seed of every training stage (the data stays)"
     )
     demo.add_argument("--no-eval", action="store_true", help="skip the benchmark at the end")
     demo.set_defaults(run=run_demo)

@@ -2,11 +2,13 @@
 
 For each suite, every scene's caption gets 512 candidates (drawn once, each judged once, each
 scored once by CLIP). For N = 1, 2, 4, ..., 512, groups of N of them are ranked by CLIP: the
-judged accuracy of its top-1, and the mean accuracy of its best k (k = 4 and 32, where N >= k),
-averaged over the 512 / N disjoint groups of every scene. Written
+judged accuracy of its top-1, the mean accuracy of its best k (k = 4 and 32, where N >= k), and
+how often any of the N passes (what a perfect reranker would reach), averaged over the 512 / N
+disjoint groups of every scene. At N = 1 the top-1 is the transformer's own accuracy. Written
 as JSON and drawn as a PNG (accuracy against N, log scale), one colour per suite.
 
     python bench/rerank_curve.py --run runs/demo/dalle [--scenes 30] [--out docs/rerank_curve.png]
+    python bench/rerank_curve.py --run RUN --candidates 16 --scenes 50 [--clip OTHER_CLIP_RUN]
 """
 
 from __future__ import annotations
@@ -27,19 +29,18 @@ from dalle1.pipeline import Pipeline
 from dalle1.shapes.benchmark import SUITES, read_suite
 from dalle1.shapes.judge import judge_image
 
-COUNTS = [2**i for i in range(10)]  # 1 .. 512 candidates
 KEPT = (4, 32)
 COLOURS = {"single": (31, 119, 180), "pair": (214, 39, 40), "novel": (44, 160, 44)}
 COLOURS["completion"] = (148, 103, 189)
 
 
-def judged_candidates(pipe: Pipeline, suite: str, folder: Path, scenes: int, seed: int):
-    """Per scene: (passes (512,) bool in drawing order, CLIP scores (512,))."""
+def judged_candidates(pipe: Pipeline, suite: str, folder: Path, scenes: int, seed: int, n: int):
+    """Per scene: (passes (n,) bool in drawing order, CLIP scores (n,))."""
     drawer = Pipeline(pipe.dalle, pipe.image_tokenizer, pipe.tokenizer)  # drawing order
     rows = pipe.dalle.config.grid // 2
     out = []
     for index, (name, caption, spec) in enumerate(tqdm(read_suite(folder, scenes), desc=suite)):
-        options = dict(n=COUNTS[-1], seed=seed + index)
+        options = dict(n=n, seed=seed + index)
         if suite == "completion":
             image = read_image(folder / f"{name}.png", pipe.image_tokenizer.image_size)
             drawn, _ = drawer.complete(image, rows, caption, **options)
@@ -52,33 +53,35 @@ def judged_candidates(pipe: Pipeline, suite: str, folder: Path, scenes: int, see
     return out
 
 
-def curve(judged: list) -> dict:
-    """{"top1": [...], "best4": [...], "best32": [...]} accuracies over COUNTS (None: N < k).
+def curve(judged: list, counts: list[int]) -> dict:
+    """{"top1", "best4", "best32", "any"}: accuracies over counts (None: N < k).
 
-    For N candidates, each scene's 512 are cut into 512 / N disjoint groups in drawing order and
-    CLIP ranks each group: the mean over groups is the expected accuracy of reranking N."""
-    result = {"top1": []} | {f"best{k}": [] for k in KEPT}
-    for count in COUNTS:
+    For N candidates, each scene's candidates are cut into disjoint groups of N in drawing order
+    and CLIP ranks each group: the mean over groups is the expected accuracy of reranking N."""
+    result = {"top1": [], "any": []} | {f"best{k}": [] for k in KEPT}
+    for count in counts:
         ranked = []  # (groups, count) passes in CLIP's order, every scene's groups together
         for passes, scores in judged:
             groups = scores.view(-1, count).argsort(dim=1, descending=True, stable=True)
             ranked.append(passes.view(-1, count).gather(1, groups).float())
         ranked = torch.cat(ranked)
         result["top1"].append(ranked[:, 0].mean().item())
+        result["any"].append(ranked.max(dim=1).values.mean().item())
         for k in KEPT:
             result[f"best{k}"].append(ranked[:, :k].mean().item() if count >= k else None)
     return result
 
 
-def draw(curves: dict, title: str, path: Path, size=(760, 460)) -> None:
-    """Accuracy (0-100%) against candidates (log2): thick CLIP top-1, thin the best 32's mean."""
+def draw(curves: dict, counts: list[int], title: str, path: Path, size=(760, 460)) -> None:
+    """Accuracy (0-100%) against candidates (log2): thick CLIP top-1, thin the best 32's mean,
+    dots any of N (a perfect reranker)."""
     image = Image.new("RGB", size, "white")
     pen = ImageDraw.Draw(image)
     left, top, right, bottom = 60, 40, size[0] - 170, size[1] - 50
-    x = lambda i: left + (right - left) * i / (len(COUNTS) - 1)  # noqa: E731
+    x = lambda i: left + (right - left) * i / max(len(counts) - 1, 1)  # noqa: E731
     y = lambda a: bottom - (bottom - top) * a  # noqa: E731
     pen.rectangle([left, top, right, bottom], outline="black")
-    for i, count in enumerate(COUNTS):
+    for i, count in enumerate(counts):
         pen.line([x(i), bottom, x(i), bottom + 5], fill="black")
         pen.text((x(i) - 8, bottom + 8), str(count), fill="black")
     for a in range(0, 101, 20):
@@ -91,12 +94,15 @@ def draw(curves: dict, title: str, path: Path, size=(760, 460)) -> None:
         for key, width in (("top1", 3), ("best32", 1)):
             points = [(x(i), y(a)) for i, a in enumerate(lines[key]) if a is not None]
             pen.line(points, fill=colour, width=width)
+        for i, a in enumerate(lines["any"]):
+            pen.ellipse([x(i) - 3, y(a) - 3, x(i) + 3, y(a) + 3], outline=colour)
         pen.line(
             [right + 15, top + 20 * row + 7, right + 40, top + 20 * row + 7], fill=colour, width=3
         )
         pen.text((right + 45, top + 20 * row), suite, fill="black")
     pen.text((right + 15, top + 100), "thick: CLIP top-1", fill="black")
     pen.text((right + 15, top + 116), "thin: mean of best 32", fill="black")
+    pen.text((right + 15, top + 132), "dots: any of N passes", fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
 
@@ -107,27 +113,33 @@ def main() -> None:
     parser.add_argument("--data", help="the shapes data (default: RUN/../data)")
     parser.add_argument("--scenes", type=int, default=30, help="scenes per suite")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--candidates", type=int, default=512, help="largest N, a power of 2")
+    parser.add_argument("--clip", help="rerank with this CLIP run (default: the run's data.clip)")
     parser.add_argument("--out", default="runs/bench/rerank_curve.png")
     parser.add_argument("--json", default="runs/bench/rerank_curve.json")
     args = parser.parse_args()
-    pipe = Pipeline.load(args.run)
+    counts = [2**i for i in range(args.candidates.bit_length())]
+    if counts[-1] != args.candidates:
+        parser.error(f"--candidates must be a power of 2, got {args.candidates}")
+    pipe = Pipeline.load(args.run, clip=args.clip)
     if pipe.clip is None:
         parser.error(f"{args.run} names no CLIP run (data.clip): nothing to rerank with")
     data = Path(args.data) if args.data else Path(args.run).resolve().parent / "data"
     start, curves = time.perf_counter(), {}
     for suite in SUITES:
         folder = data / ("pair" if suite == "completion" else suite)
-        curves[suite] = curve(judged_candidates(pipe, suite, folder, args.scenes, args.seed))
+        judged = judged_candidates(pipe, suite, folder, args.scenes, args.seed, args.candidates)
+        curves[suite] = curve(judged, counts)
         print(
             suite,
             json.dumps({k: [v and round(v, 3) for v in vs] for k, vs in curves[suite].items()}),
         )
-    report = {"run": args.run, "scenes": args.scenes, "counts": COUNTS, "curves": curves}
+    report = {"run": args.run, "scenes": args.scenes, "counts": counts, "curves": curves}
     report["seconds"] = time.perf_counter() - start
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1))
     title = f"{args.run}: judged accuracy of CLIP's choice, {args.scenes} scenes per suite"
-    draw(curves, title, Path(args.out))
+    draw(curves, counts, title, Path(args.out))
     print(f"{report['seconds']:.0f} s; plot: {args.out}")
 
 

@@ -18,7 +18,7 @@ from dalle1.config import load_config, save_config
 from dalle1.pipeline import Pipeline
 from dalle1.shapes import SUITES, evaluate_suite, judge_folder
 from dalle1.shapes.scenes import ShapesConfig, write_split
-from dalle1.stages.run_all import CONFIGS, AllStages
+from dalle1.stages.run_all import CONFIGS, TRAINED, AllStages
 
 SPLIT_SIZES = {"train": 8000, "single": 200, "pair": 200, "novel": 200}
 TOKENIZER_VOCAB = 400  # the shapes captions use about 40 words; 256 ids are byte fallback
@@ -51,12 +51,15 @@ def run_demo(
     holdout: str = "red:triangle,blue:circle",
     evaluate: bool = True,
     configs: Path = CONFIGS,
+    seed: int = 0,
 ) -> dict:
+    """seed: of every training stage (weights, data order, noise); the data is always the same."""
     out, pairs = Path(out), [s for s in holdout.split(",") if s]
     data = out / "data"
-    sizes = [f"{kind}.model.image_size={size}" for kind in ("vqvae", "clip")]
+    overrides = [f"{kind}.model.image_size={size}" for kind in ("vqvae", "clip")]
+    overrides += [f"{kind}.train.seed={seed}" for kind in TRAINED]
     run = AllStages(
-        out, str(data / "train"), str(data / "pair"), "shapes", sizes, TOKENIZER_VOCAB, configs
+        out, str(data / "train"), str(data / "pair"), "shapes", overrides, TOKENIZER_VOCAB, configs
     )
     run.stage("data", lambda: make_data(out, size, pairs, run.report))
     run.run([read_caption(data / s, i) for s in ("single", "pair", "novel") for i in (0, 1)])

@@ -4,6 +4,8 @@ import json
 import shutil
 from pathlib import Path
 
+import yaml
+
 import dalle1.demo as demo
 import dalle1.stages.run_all as run_all
 
@@ -23,7 +25,9 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "EVAL_KEEP", 2)
     out = tmp_path / "demo"
 
-    report = demo.run_demo(out, size=32, holdout="green:square", configs=configs)
+    report = demo.run_demo(out, size=32, holdout="green:square", configs=configs, seed=5)
+    for kind in ("vqvae", "clip", "dalle"):  # the seed reaches every training stage
+        assert yaml.safe_load((out / kind / "config.yaml").read_text())["train"]["seed"] == 5
     for path in ("tokenizer.model", "samples/05.png", "completion.png", "cache/train/meta.json"):
         assert (out / path).is_file(), path
     assert all(v["judge_accuracy"] == 1.0 for v in report["data"].values())
@@ -51,7 +55,7 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, capsys):
     assert all("green square" in p.read_text() for p in novel)
     capsys.readouterr()
 
-    demo.run_demo(out, size=32, holdout="green:square", configs=configs)
+    demo.run_demo(out, size=32, holdout="green:square", configs=configs, seed=5)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[all] ")]
     reused = [line for line in lines if "reused" in line]
     assert len(reused) == len(stages), lines
