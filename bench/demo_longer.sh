@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The demo pipeline trained longer: CLIP 2,000 steps (demo: 300) and the transformer 3,000 steps
-# of 32 (demo: 1,600 of 16), reusing the data, tokenizer, dVAE and token caches of `make demo`
+# The demo pipeline trained longer: CLIP 2,000 steps (demo: 600) and the transformer 3,000 steps
+# of 32 (demo: 1,200), reusing the data, tokenizer, dVAE and token caches of `make demo`
 # (runs/demo). Then the benchmark of every suite, of single and pair with guidance scale 3, and
 # reranked grids (best 8 of 32) for the demo's six sample captions. About 45 minutes on a 2-core
 # CPU.
