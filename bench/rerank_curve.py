@@ -118,9 +118,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench/rerank_curve.png")
     parser.add_argument("--json", default="runs/bench/rerank_curve.json")
     args = parser.parse_args()
-    counts = [2**i for i in range(args.candidates.bit_length())]
-    if counts[-1] != args.candidates:
+    if args.candidates < 1 or args.candidates & (args.candidates - 1):
         parser.error(f"--candidates must be a power of 2, got {args.candidates}")
+    counts = [2**i for i in range(args.candidates.bit_length())]
     pipe = Pipeline.load(args.run, clip=args.clip)
     if pipe.clip is None:
         parser.error(f"{args.run} names no CLIP run (data.clip): nothing to rerank with")
