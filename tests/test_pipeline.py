@@ -31,8 +31,10 @@ def assert_same_weights(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_transformer_stage_resumes_exactly(parts, tmp_path, dalle_args):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_transformer_stage_resumes_exactly(parts, tmp_path, dalle_args, optimizer):
     options = [
+        f"optim.optimizer={optimizer}",
         "train.max_steps=6",
         "train.checkpoint_every=3",
         "train.ema_decay=0.9",

@@ -17,7 +17,8 @@ from dalle1.config import load_config
 from dalle1.stages.vqvae import VQVAERunConfig, train_vqvae
 from dalle1.training import OptimConfig, TrainConfig, Trainer, TrainingDiverged
 from dalle1.training.checkpoint import atomic_checkpoint, latest_checkpoint, list_checkpoints
-from dalle1.training.optim import lr_at
+from dalle1.training.muon import MuonAdamW, orthogonalize, uses_muon
+from dalle1.training.optim import build_optimizer, lr_at
 from vqvae import DiscreteVAE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +132,44 @@ def test_lr_schedule_warms_up_then_decays():
         0.1
     )
     assert lr_at(55, optim, 100) == pytest.approx(0.55)
+
+
+def test_orthogonalize_brings_every_singular_value_near_one():
+    for rows, columns in [(48, 12), (12, 48), (32, 32)]:
+        k = min(rows, columns)
+        left, right = (
+            torch.linalg.qr(torch.randn(rows, k))[0],
+            torch.linalg.qr(torch.randn(columns, k))[0],
+        )
+        matrix = left @ torch.diag(torch.logspace(-1, 1, k)) @ right.T  # singular values 0.1 .. 10
+        result = orthogonalize(matrix)
+        assert result.shape == (rows, columns)
+        singular = torch.linalg.svdvals(result)
+        assert singular.min() > 0.5 and singular.max() < 1.3, singular
+
+
+def test_muon_takes_the_block_matrices_and_learns():
+    model = torch.nn.ModuleDict(
+        {"embed": torch.nn.Embedding(8, 16), "blocks": torch.nn.Sequential(torch.nn.Linear(16, 16))}
+    )
+    model["head"] = torch.nn.Linear(16, 8)
+    optimizer = build_optimizer(model, OptimConfig(optimizer="muon", lr=0.02))
+    assert isinstance(optimizer, MuonAdamW)
+    muon = [p for group in optimizer.param_groups if group["muon"] for p in group["params"]]
+    assert [p is model["blocks"][0].weight for p in muon] == [True]
+    assert not uses_muon("embed.weight", model["embed"].weight)
+    tokens = torch.randint(0, 8, (64,))
+    targets = (3 * tokens + 1) % 8  # a permutation to learn
+    losses = []
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(
+            model["head"](model["blocks"](model["embed"](tokens))), targets
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
 
 
 def test_atomic_checkpoint_leaves_nothing_on_error(tmp_path):

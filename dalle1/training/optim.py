@@ -1,4 +1,5 @@
-"""AdamW with decoupled weight decay on matrices, linear warm-up then cosine decay."""
+"""AdamW (or Muon for the blocks' matrices) with decoupled weight decay on matrices, linear
+warm-up then cosine decay."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from dalle1.training.muon import MuonAdamW, uses_muon
+
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up then cosine decay."""
+    """AdamW (or Muon) with linear warm-up then cosine decay."""
 
+    # adamw, or muon: Muon for the 2-D weights inside the transformer blocks, AdamW for the
+    # rest, at the same lr and weight decay (dalle1/training/muon.py)
+    optimizer: str = "adamw"
     lr: float = 1e-4  # peak learning rate after warm-up, per optimizer step, not scaled by world
     final_lr: float = 1.25e-6  # learning rate reached at train.max_steps
     warmup_steps: int = 0  # linear warm-up from 0 over this many optimizer steps
@@ -22,6 +28,8 @@ class OptimConfig:
     grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
 
     def __post_init__(self) -> None:
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if self.lr <= 0 or self.final_lr < 0:
@@ -39,13 +47,21 @@ def lr_at(step: int, optim: OptimConfig, max_steps: int) -> float:
     return optim.final_lr + (optim.lr - optim.final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices and conv kernels, none on biases, norms, gains."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    """Weight decay on matrices and conv kernels, none on biases, norms, gains."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if optim.optimizer == "muon":
+        groups = [
+            {"params": [p for n, p in named if uses_muon(n, p)], "muon": True},
+            {"params": [p for n, p in named if p.ndim >= 2 and not uses_muon(n, p)], "muon": False},
+            {"params": [p for n, p in named if p.ndim < 2], "muon": False, "weight_decay": 0.0},
+        ]
+        for group in groups:
+            group.setdefault("weight_decay", optim.weight_decay)
+        return MuonAdamW(groups, optim.lr, optim.betas, optim.eps)
     groups = [
-        {"params": decay, "weight_decay": optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": [p for _, p in named if p.ndim >= 2], "weight_decay": optim.weight_decay},
+        {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
 

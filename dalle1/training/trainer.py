@@ -95,6 +95,9 @@ class Trainer:
         self.config, self.optim_config, self.run_config = config, optim, run_config
         self.run_dir = Path(config.run_dir)
         self.rank, self.world = distributed.distributed_context()
+        if optim.optimizer == "muon" and config.parallel == "fsdp" and self.world > 1:
+            # Newton-Schulz needs each whole matrix; FSDP holds shards of it
+            raise ValueError("optim.optimizer=muon needs whole matrices: use parallel=ddp")
         self.device = pick_device(config.device)
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", torch.cuda.current_device())
