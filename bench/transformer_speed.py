@@ -5,6 +5,8 @@ bench/sampling_speed.py).
 - train: tokens/s of forward + backward + AdamW for the demo model (configs/dalle_shapes.yaml
   with the demo's sizes) and for a 1280-position model (256 text + 32x32 image, small width),
   sparse vs plain causal, fp32 and bf16 autocast, and the model FLOPs/s that gives;
+- optimizer: the demo model's step with AdamW and with Muon (optim.optimizer=muon), alternated,
+  the best of three each;
 - attention: one forward of the 1280-position model, FlexAttention vs the dense masked path.
 
 Model FLOPs per position: 6 N for the N weights of the blocks and of the output head the
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from dalle1.training.optim import OptimConfig, build_optimizer
 from dalle1.transformer import DALLE, DALLEConfig
 
 DEMO = dict(
@@ -70,10 +73,12 @@ def flops_per_token(model: DALLE) -> float:
     return 6 * (blocks + heads) + 3 * attention
 
 
-def train_speed(config: dict, attention: str, precision: str, batch: int, steps: int) -> dict:
+def train_speed(
+    config: dict, attention: str, precision: str, batch: int, steps: int, optimizer="adamw"
+) -> dict:
     torch.manual_seed(0)
     model = DALLE(DALLEConfig(**config, attention=attention, attention_impl="dense"))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = build_optimizer(model, OptimConfig(optimizer=optimizer, lr=1e-4))
     c = model.config
     text = torch.randint(0, c.total_text_vocab, (batch, c.text_length))
     codes = torch.randint(0, c.codebook_size, (batch, c.grid**2))
@@ -141,6 +146,14 @@ def main() -> None:
                     f"{row['model_flops_per_s'] / 1e9:5.1f} GFLOP/s "
                     f"({row['share_of_matmul_peak']:.0%} of matmul)"
                 )
+
+    best = {"adamw": 0.0, "muon": 0.0}
+    for _ in range(3):
+        for name in best:
+            rate = train_speed(DEMO, "causal", "fp32", 32, steps, name)["tokens_per_s"]
+            best[name] = max(best[name], rate)
+    report["optimizer_tokens_per_s"] = best
+    print(f"train demo causal fp32, tokens/s: AdamW {best['adamw']:.0f}, Muon {best['muon']:.0f}")
 
     report["attention_forward_1280_s"] = {}
     for impl, attention in (("flex", "sparse"), ("dense", "sparse"), ("dense", "causal")):

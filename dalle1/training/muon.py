@@ -39,10 +39,17 @@ class MuonAdamW(torch.optim.Optimizer):
     """Param groups with `muon: True` take Muon (Nesterov momentum), the others AdamW."""
 
     def __init__(self, groups: list[dict], lr: float, betas, eps: float, momentum: float = 0.95):
-        super().__init__(groups, dict(lr=lr, betas=tuple(betas), eps=eps, momentum=momentum))
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, momentum=momentum, muon=False, weight_decay=0.0
+        )
+        super().__init__(groups, defaults)
 
     @torch.no_grad()
     def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             lr, decay = group["lr"], group["weight_decay"]
             for p in group["params"]:
@@ -53,6 +60,7 @@ class MuonAdamW(torch.optim.Optimizer):
                     p.add_(self._muon_update(p, group), alpha=-lr)
                 else:
                     self._adamw_update(p, group, lr)
+        return loss
 
     def _muon_update(self, p: torch.Tensor, group: dict) -> torch.Tensor:
         state, momentum = self.state[p], group["momentum"]
