@@ -50,20 +50,21 @@ def lr_at(step: int, optim: OptimConfig, max_steps: int) -> float:
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
     """Weight decay on matrices and conv kernels, none on biases, norms, gains."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if optim.optimizer == "muon":
-        groups = [
-            {"params": [p for n, p in named if uses_muon(n, p)], "muon": True},
-            {"params": [p for n, p in named if p.ndim >= 2 and not uses_muon(n, p)], "muon": False},
-            {"params": [p for n, p in named if p.ndim < 2], "muon": False, "weight_decay": 0.0},
-        ]
-        for group in groups:
-            group.setdefault("weight_decay", optim.weight_decay)
-        return MuonAdamW(groups, optim.lr, optim.betas, optim.eps)
+    matrices = [(n, p) for n, p in named if p.ndim >= 2]
+    rest = {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}
+    if optim.optimizer == "adamw":
+        decayed = {"params": [p for _, p in matrices], "weight_decay": optim.weight_decay}
+        return torch.optim.AdamW(
+            [decayed, rest], lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps
+        )
+    muon = [p for n, p in matrices if uses_muon(n, p)]
+    adamw = [p for n, p in matrices if not uses_muon(n, p)]
     groups = [
-        {"params": [p for _, p in named if p.ndim >= 2], "weight_decay": optim.weight_decay},
-        {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
+        {"params": muon, "muon": True, "weight_decay": optim.weight_decay},
+        {"params": adamw, "weight_decay": optim.weight_decay},
+        rest,
     ]
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    return MuonAdamW(groups, optim.lr, optim.betas, optim.eps)
 
 
 def clip_gradients(model: nn.Module, max_norm: float) -> float:
