@@ -20,41 +20,18 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
-from dalle1.clip import rerank
-from dalle1.data.transforms import read_image
-from dalle1.images import to_pil
 from dalle1.pipeline import Pipeline
-from dalle1.shapes.benchmark import SUITES, read_suite
-from dalle1.shapes.judge import judge_image
+from dalle1.shapes.benchmark import SUITES, judge_candidates
 
 KEPT = (4, 32)
 COLOURS = {"single": (31, 119, 180), "pair": (214, 39, 40), "novel": (44, 160, 44)}
 COLOURS["completion"] = (148, 103, 189)
 
 
-def judged_candidates(pipe: Pipeline, suite: str, folder: Path, scenes: int, seed: int, n: int):
-    """Per scene: (passes (n,) bool in drawing order, CLIP scores (n,))."""
-    drawer = Pipeline(pipe.dalle, pipe.image_tokenizer, pipe.tokenizer)  # drawing order
-    rows = pipe.dalle.config.grid // 2
-    out = []
-    for index, (name, caption, spec) in enumerate(tqdm(read_suite(folder, scenes), desc=suite)):
-        options = dict(n=n, seed=seed + index)
-        if suite == "completion":
-            image = read_image(folder / f"{name}.png", pipe.image_tokenizer.image_size)
-            drawn, _ = drawer.complete(image, rows, caption, **options)
-        else:
-            drawn, _ = drawer.sample(caption, **options)
-        passes = torch.tensor([judge_image(to_pil(image), spec)["pass"] for image in drawn])
-        order, sorted_scores = rerank(pipe.clip, pipe.clip_tokenizer, drawn, caption)
-        scores = torch.empty_like(sorted_scores).scatter_(0, order, sorted_scores)
-        out.append((passes, scores))
-    return out
-
-
 def curve(judged: list, counts: list[int]) -> dict:
-    """{"top1", "best4", "best32", "any"}: accuracies over counts (None: N < k).
+    """{"top1", "best4", "best32", "any"}: accuracies over counts (None: N < k). judged: per
+    scene, (passes (n,) bool, CLIP scores (n,)), in drawing order.
 
     For N candidates, each scene's candidates are cut into disjoint groups of N in drawing order
     and CLIP ranks each group: the mean over groups is the expected accuracy of reranking N."""
@@ -128,7 +105,8 @@ def main() -> None:
     start, curves = time.perf_counter(), {}
     for suite in SUITES:
         folder = data / ("pair" if suite == "completion" else suite)
-        judged = judged_candidates(pipe, suite, folder, args.scenes, args.seed, args.candidates)
+        scenes = judge_candidates(pipe, suite, folder, args.scenes, args.candidates, seed=args.seed)
+        judged = [(torch.tensor([v["pass"] for v in s.verdicts]), s.scores) for s in scenes]
         curves[suite] = curve(judged, counts)
         print(
             suite,

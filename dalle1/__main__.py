@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,16 +37,21 @@ def run_judge(args: argparse.Namespace) -> None:
     print(f"accuracy {report['accuracy']:.4f} over {report['n']} images", file=sys.stderr)
 
 
-def sampling_config(args: argparse.Namespace) -> SamplingConfig:
-    return SamplingConfig(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        guidance_scale=args.guidance,
-        batch_size=args.batch_size,
-        compile=args.compile,
-        precision=args.precision,
-    )
+SAMPLING_FLAGS = {  # flag -> SamplingConfig field
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "guidance": "guidance_scale",
+    "batch_size": "batch_size",
+    "compile": "compile",
+    "precision": "precision",
+}
+
+
+def sampling_config(args: argparse.Namespace, run_default: SamplingConfig) -> SamplingConfig:
+    """The run's sampling section with the flags given on the command line."""
+    given = {field: getattr(args, flag) for flag, field in SAMPLING_FLAGS.items()}
+    return replace(run_default, **{k: v for k, v in given.items() if v is not None})
 
 
 def write_results(images, scores, out: Path, each: bool, stem: str, first=None) -> None:
@@ -72,7 +78,7 @@ def run_sample(args: argparse.Namespace) -> None:
     captions = read_captions(args)
     pipe = Pipeline.load(args.run, args.clip, args.device)
     out = Path(args.out)
-    config = sampling_config(args)
+    config = sampling_config(args, pipe.sampling)
     with tqdm(total=args.n * len(captions), unit="image", desc="sampling") as bar:
         # every caption's candidates in shared batches; each caption reranked on its own
         results = pipe.sample_many(
@@ -100,7 +106,7 @@ def run_complete(args: argparse.Namespace) -> None:
             args.caption,
             n=args.n,
             keep=args.keep,
-            config=sampling_config(args),
+            config=sampling_config(args, pipe.sampling),
             seed=args.seed,
             progress=bar.update,
         )
@@ -120,7 +126,7 @@ def run_eval(args: argparse.Namespace) -> None:
         args.n,
         args.candidates,
         args.keep,
-        sampling_config(args),
+        sampling_config(args, pipe.sampling),
         args.seed,
         args.save,
     )
@@ -154,32 +160,36 @@ def add_output_arguments(parser: argparse.ArgumentParser, default_out: str) -> N
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--temperature", type=float, default=1.0, help="0: greedy (default 1)")
-    parser.add_argument("--top-k", type=int, default=0, help="keep k likeliest codes; 0 = all")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass; 1 = all")
+    # Unset flags take the run's `sampling` section (its config.yaml), else the defaults named.
+    parser.add_argument("--temperature", type=float, help="0: greedy (default: the run's; 1)")
+    parser.add_argument(
+        "--top-k", type=int, help="keep the k likeliest codes; 0 = all (default: the run's; 0)"
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        help="keep the likeliest codes holding this much probability; 1 = all "
+        "(default: the run's; 1)",
+    )
     parser.add_argument(
         "--guidance",
         type=float,
-        default=1.0,
-        help="classifier-free guidance scale; 1 = off (needs caption_drop > 0)",
+        help="classifier-free guidance scale; 1 = off, needs caption_drop > 0 (default: 1)",
     )
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=0,
         help="candidates per model call; 0 (default): as many as half the free memory holds",
     )
     parser.add_argument(
         "--compile",
         choices=("auto", "yes", "no"),
-        default="auto",
-        help="compile the decode step (auto: on CUDA, where CUDA graphs remove the per-step "
-        "overhead; on the CPU it did not pay for itself)",
+        help="compile the decode step (auto, the default: on CUDA, where CUDA graphs remove the "
+        "per-step overhead; on the CPU it did not pay for itself)",
     )
     parser.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16"),
-        default="auto",
         help="auto (default): bf16 autocast on CUDA, fp32 on the CPU",
     )
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same images")

@@ -163,6 +163,20 @@ def contrastive_loss(
 
 
 @torch.no_grad()
+def clip_scores(
+    model: CLIP, tokenizer: TextTokenizer, images: torch.Tensor, caption: str, batch_size: int = 64
+) -> torch.Tensor:
+    """(N, 3, S, S) images in [0, 1] -> (N,) cosine similarities to the caption, on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    text_emb = model.encode_text(tokenizer.encode(caption)[None].to(device))  # (1, E)
+    parts = [
+        model.encode_images(images[i : i + batch_size].to(device).float()) @ text_emb.t()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(parts)[:, 0].cpu()
+
+
 def rerank(
     model: CLIP,
     tokenizer: TextTokenizer,
@@ -175,18 +189,7 @@ def rerank(
 
     Returns (indices (keep,), scores (keep,)): cosine similarities, ties kept in input order.
     """
-    model.eval()
-    device = next(model.parameters()).device
-    text = tokenizer.encode(caption)[None].to(device)
-    text_emb = model.encode_text(text)  # (1, E)
-    scores = torch.cat(
-        [
-            (model.encode_images(images[i : i + batch_size].to(device).float()) @ text_emb.t())[
-                :, 0
-            ]
-            for i in range(0, len(images), batch_size)
-        ]
-    )
-    order = torch.sort(scores.cpu(), descending=True, stable=True).indices
+    scores = clip_scores(model, tokenizer, images, caption, batch_size)
+    order = torch.sort(scores, descending=True, stable=True).indices
     keep = len(order) if keep is None else min(keep, len(order))
-    return order[:keep], scores.cpu()[order[:keep]]
+    return order[:keep], scores[order[:keep]]

@@ -10,7 +10,7 @@ run; the sizes of all four must agree, or loading says which one does not fit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ import yaml
 from einops import rearrange
 
 from dalle1.clip import CLIP, rerank
+from dalle1.config import from_dict
 from dalle1.device import pick_device
 from dalle1.sampling import SamplingConfig, sample_candidates
 from dalle1.tokenizer import TextTokenizer
@@ -26,17 +27,25 @@ from pretrained import resolve_model_folder
 from vqvae import ImageTokenizer, load_image_tokenizer
 
 
-def read_run_parts(checkpoint: Path) -> dict[str, str | None]:
-    """The image tokenizer, text tokenizer and CLIP paths a transformer checkpoint's config.yaml
-    names (its data section)."""
+def read_run_config(checkpoint: Path) -> dict:
+    """A transformer checkpoint's config.yaml as a dict."""
     config_file = checkpoint / "config.yaml"
     if not config_file.is_file():
         raise FileNotFoundError(f"{str(checkpoint)!r} has no config.yaml: not a transformer run")
     try:
-        data = (yaml.safe_load(config_file.read_text()) or {}).get("data") or {}
-        return {key: data.get(key) for key in ("image_tokenizer", "text_tokenizer", "clip")}
-    except (yaml.YAMLError, AttributeError) as err:
+        config = yaml.safe_load(config_file.read_text()) or {}
+    except yaml.YAMLError as err:
         raise ValueError(f"{str(config_file)!r} is not a run config: {err}") from err
+    if not isinstance(config, dict) or not isinstance(config.get("data") or {}, dict):
+        raise ValueError(f"{str(config_file)!r} is not a run config")
+    return config
+
+
+def read_run_parts(checkpoint: Path) -> dict[str, str | None]:
+    """The image tokenizer, text tokenizer and CLIP paths a transformer checkpoint's config.yaml
+    names (its data section)."""
+    data = read_run_config(checkpoint).get("data") or {}
+    return {key: data.get(key) for key in ("image_tokenizer", "text_tokenizer", "clip")}
 
 
 @dataclass
@@ -46,6 +55,7 @@ class Pipeline:
     tokenizer: TextTokenizer  # with the transformer's text_length
     clip: CLIP | None = None
     clip_tokenizer: TextTokenizer | None = None  # with CLIP's text_length
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # when none is given
 
     @classmethod
     def load(cls, run: str | Path, clip: str | Path | None = None, device: str = "auto"):
@@ -82,7 +92,10 @@ class Pipeline:
                 clip_model.config.text_length,
                 clip_model.config.text_vocab_size,
             )
-        return cls(dalle, image_tokenizer.to(target), tokenizer, clip_model, clip_tokenizer)
+        # The run's sampling section (runs from before it had one: the defaults).
+        sampling = from_dict(SamplingConfig, read_run_config(checkpoint).get("sampling"))
+        image_tokenizer = image_tokenizer.to(target)
+        return cls(dalle, image_tokenizer, tokenizer, clip_model, clip_tokenizer, sampling)
 
     @property
     def device(self) -> torch.device:
@@ -102,7 +115,8 @@ class Pipeline:
         """n candidates for each caption, drawn in shared batches, each caption's reranked by
         CLIP on their own, best `keep` first.
 
-        prefix: (m,) codes of the first m cells (raster order) to keep in every candidate;
+        prefix: codes of the first m cells (raster order) to keep in the candidates, (m,) for
+        every caption or (C, m) one per caption;
         progress: optional callable(count) told how many candidates each batch finished.
         Returns per caption (images (keep, 3, S, S) in [0, 1], CLIP scores (keep,); NaN
         without CLIP).
@@ -113,6 +127,7 @@ class Pipeline:
             raise ValueError(f"keep must be at least 1, got {keep}")
         text = self.tokenizer.encode_batch(captions).to(self.device)
         generator = torch.Generator(self.device).manual_seed(seed)
+        config = config or self.sampling
         codes = sample_candidates(self.dalle, text, n, config, prefix, generator, progress)
         grid = self.dalle.config.grid
         images = torch.cat(

@@ -236,20 +236,32 @@ def sample_candidates(
     memory); the rows of several captions share batches, so many captions with few candidates
     each still fill them.
 
-    text: (T,) ids of one caption or (C, T) of C; prefix: (m,) codes kept in every candidate,
-    or None. Returns (C * n, h*w) codes, caption by caption. progress: optional
-    callable(count) told how many candidates each batch finished.
+    text: (T,) ids of one caption or (C, T) of C; prefix: codes of the first m cells kept in
+    the candidates, (m,) for every caption or (C, m) one per caption, or None. Returns
+    (C * n, h*w) codes, caption by caption. progress: optional callable(count) told how many
+    candidates each batch finished.
     """
     config = config or SamplingConfig()
-    rows = (text if text.ndim == 2 else text[None]).repeat_interleave(n, dim=0)  # (C n, T)
+    text = text if text.ndim == 2 else text[None]
+    rows = text.repeat_interleave(n, dim=0)  # (C n, T)
+    if prefix is not None:
+        if prefix.ndim == 1:
+            prefix = prefix.expand(len(text), -1)
+        if prefix.ndim != 2 or len(prefix) != len(text):
+            raise ValueError(
+                f"prefix must be (m,) or (C={len(text)}, m) codes, got {tuple(prefix.shape)}"
+            )
+        prefix = prefix.repeat_interleave(n, dim=0)  # (C n, m)
     if config.batch_size:
-        parts = rows.split(config.batch_size)
+        sizes = config.batch_size
     else:  # batches of equal size, within the memory
-        parts = rows.tensor_split(batch_count(model, len(rows), config, rows.device))
+        count = batch_count(model, len(rows), config, rows.device)
+        sizes = [len(part) for part in torch.arange(len(rows)).tensor_split(count)]
+    parts = rows.split(sizes)
+    prefixes = prefix.split(sizes) if prefix is not None else [None] * len(parts)
     out = []
-    for part in parts:
-        batch_prefix = None if prefix is None else prefix.expand(len(part), -1)
-        out.append(generate(model, part, config, batch_prefix, generator))
+    for part, part_prefix in zip(parts, prefixes, strict=True):
+        out.append(generate(model, part, config, part_prefix, generator))
         if progress is not None:
             progress(len(part))
     return torch.cat(out)

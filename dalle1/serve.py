@@ -14,6 +14,7 @@ The same functions are the HTTP API gradio exposes (`/gradio_api/call/sample`, `
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -86,8 +87,15 @@ class Studio:
         )
 
     def _sampling(self, temperature, top_k, top_p, guidance) -> SamplingConfig:
+        """The run's sampling section with the page's settings."""
         try:
-            return SamplingConfig(float(temperature), int(top_k), float(top_p), float(guidance))
+            return replace(
+                self.pipe.sampling,
+                temperature=float(temperature),
+                top_k=int(top_k),
+                top_p=float(top_p),
+                guidance_scale=float(guidance),
+            )
         except ValueError as err:
             raise _error(str(err)) from err
 
@@ -214,14 +222,14 @@ def _complete_tab(studio: Studio) -> dict:
 
 def _settings(studio: Studio) -> list:
     """candidates, kept, temperature, top-k, top-p, guidance, seed: Studio's *settings."""
-    codebook = studio.pipe.dalle.config.codebook_size
-    return [
+    codebook, run = studio.pipe.dalle.config.codebook_size, studio.pipe.sampling
+    return [  # the sampling settings start at the run's
         gr.Slider(1, 512, value=32, step=1, label="Candidates"),
         gr.Slider(1, 64, value=8, step=1, label="Images kept"),
-        gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (0: greedy)"),
-        gr.Slider(0, codebook, value=0, step=1, label="Top-k (0: all)"),
-        gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (1: all)"),
-        gr.Slider(1.0, 5.0, value=1.0, step=0.25, label="Guidance (1: off)"),
+        gr.Slider(0.0, 2.0, value=run.temperature, step=0.05, label="Temperature (0: greedy)"),
+        gr.Slider(0, codebook, value=run.top_k, step=1, label="Top-k (0: all)"),
+        gr.Slider(0.05, 1.0, value=run.top_p, step=0.05, label="Top-p (1: all)"),
+        gr.Slider(1.0, 5.0, value=run.guidance_scale, step=0.25, label="Guidance (1: off)"),
         gr.Number(value=0, precision=0, label="Seed", elem_id="seed"),
     ]
 

@@ -30,7 +30,9 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, capsys):
         assert yaml.safe_load((out / kind / "config.yaml").read_text())["train"]["seed"] == 5
     for path in ("tokenizer.model", "samples/05.png", "completion.png", "cache/train/meta.json"):
         assert (out / path).is_file(), path
-    assert all(v["judge_accuracy"] == 1.0 for v in report["data"].values())
+    assert all(
+        report["data"][split]["judge_accuracy"] == 1.0 for split in ("single", "pair", "novel")
+    )
     for suite in ("single", "pair", "novel", "completion"):
         result = report["benchmark"][suite]
         assert (result["n"], result["candidates"], result["keep"]) == (2, 3, 2)
@@ -60,4 +62,7 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, capsys):
     reused = [line for line in lines if "reused" in line]
     assert len(reused) == len(stages), lines
     assert lines[-1].startswith(f"[all] {out}: ") and "minutes (data " in lines[-1]
+    table = demo.benchmark_table(report["benchmark"]).splitlines()
+    assert len(table) == 6 and table[2].startswith("| single | ")
+    assert f"| {report['benchmark']['pair']['reranked']['accuracy']:.0%} |" in table[3]
     assert json.loads((out / "report.json").read_text())["benchmark"] == report["benchmark"]

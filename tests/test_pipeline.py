@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -310,6 +311,30 @@ def test_many_captions_sample_together_and_rerank_on_their_own(dalle_run):
         torch.testing.assert_close(images, alone)
         torch.testing.assert_close(scores, alone_scores)
         assert images.shape == (2, 3, 16, 16) and scores[0] >= scores[1]
+
+
+def test_a_runs_sampling_section_is_the_default_and_flags_override_it(dalle_run, tmp_path):
+    from dalle1.pipeline import Pipeline
+
+    run = tmp_path / "greedy"
+    shutil.copytree(dalle_run, run)
+    for config_file in run.rglob("config.yaml"):  # the run samples greedily
+        config = yaml.safe_load(config_file.read_text())
+        config["sampling"]["temperature"] = 0.0
+        config_file.write_text(yaml.safe_dump(config))
+    pipe = Pipeline.load(run)
+    assert pipe.sampling.temperature == 0.0
+    greedy = [pipe.sample("a red circle", n=3, seed=seed)[0] for seed in (0, 1)]
+    torch.testing.assert_close(*greedy)  # greedy: the seed changes nothing
+
+    def grid(seed: int, *flags: str) -> bytes:
+        out = tmp_path / "grid.png"
+        argv = ["sample", "--run", str(run), "a red circle", "-n", "3", "--keep", "3"]
+        assert dalle1_main([*argv, "--seed", str(seed), "--out", str(out), *flags]) == 0
+        return out.read_bytes()
+
+    assert grid(0) == grid(1)
+    assert grid(0, "--temperature", "1") != grid(1, "--temperature", "1")
 
 
 def test_bad_arguments_name_the_problem(parts, tmp_path, dalle_args, capsys):

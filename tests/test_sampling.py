@@ -102,3 +102,17 @@ def test_several_captions_share_batches_and_keep_their_own_rows(tiny_dalle, rand
         alone = sample_candidates(model, text[i], 2, greedy)
         assert torch.equal(together[2 * i : 2 * i + 2], alone)
     assert not torch.equal(together[0], together[2])
+
+
+def test_each_caption_keeps_its_own_prefix(tiny_dalle, random_batch):
+    model = sharpened(tiny_dalle())
+    text, codes = random_batch(model, size=3)
+    greedy = SamplingConfig(temperature=0, batch_size=4)  # batches mix the captions' rows
+    prefixes = codes[:, :5]  # (C, m): one per caption
+    together = sample_candidates(model, text, 2, greedy, prefix=prefixes)
+    for i in range(3):  # as drawn alone with its own prefix, which every candidate keeps
+        alone = sample_candidates(model, text[i], 2, greedy, prefix=prefixes[i])
+        assert torch.equal(together[2 * i : 2 * i + 2], alone)
+        assert torch.equal(together[2 * i : 2 * i + 2, :5], prefixes[i].expand(2, -1))
+    with pytest.raises(ValueError, match=r"prefix must be \(m,\) or \(C=3, m\)"):
+        sample_candidates(model, text, 2, greedy, prefix=prefixes[:2])

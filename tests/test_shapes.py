@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+import dalle1.shapes.scenes as scenes_module
 from dalle1.shapes.scenes import (
     CELL_CENTRES,
     COLUMNS,
@@ -24,9 +25,12 @@ def scenes(split, n=600, seed=0):
     return [make_scene(split, i, seed, HOLDOUT) for i in range(n)]
 
 
-def test_same_seed_same_files_and_other_seed_other_scenes(tmp_path):
-    for name, seed in [("a", 3), ("b", 3), ("c", 4)]:
-        write_split(ShapesConfig(out=str(tmp_path / name), n=12, seed=seed), progress=False)
+def test_same_seed_same_files_and_other_seed_other_scenes(tmp_path, monkeypatch):
+    monkeypatch.setattr(scenes_module, "SCENES_PER_TASK", 5)
+    # b is written by two processes, 5 scenes a task: the same files as a, by one
+    for name, seed, workers in [("a", 3, 1), ("b", 3, 2), ("c", 4, 1)]:
+        config = ShapesConfig(out=str(tmp_path / name), n=12, seed=seed)
+        write_split(config, progress=False, workers=workers)
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert len(files) == 36
     for file in files:

@@ -88,7 +88,7 @@ class ResidualBlock(nn.Module):
         self.gain = gain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.skip(x) + self.gain * self.branch(x)
+        return torch.add(self.skip(x), self.branch(x), alpha=self.gain)  # one pass over the sum
 
 
 class Encoder(nn.Module):
@@ -156,6 +156,9 @@ class DiscreteVAE(Pretrained, nn.Module):
         )
         self.decoder = Decoder(config)
         self._init_weights()
+        # Convolutions in channels-last (NHWC) layout run about 2x faster on the CPU (oneDNN)
+        # and use tensor cores on CUDA; _pixels gives the encoder its input in that layout.
+        self.to(memory_format=torch.channels_last)
 
     # The ImageTokenizer interface (vqvae/tokenizer.py).
     image_size = property(lambda self: self.config.image_size)
@@ -192,21 +195,24 @@ class DiscreteVAE(Pretrained, nn.Module):
         if not images.is_floating_point():
             raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}")
 
+    def _pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1], checked -> mapped pixels in channels-last layout."""
+        self._check_images(images)
+        return map_pixels(images).contiguous(memory_format=torch.channels_last)
+
     def forward(
         self, images: torch.Tensor, tau: float = 1.0, seeds: list[int] | None = None
     ) -> DVAEOutput:
         """Training pass. images: (B, 3, H, W) float in [0, 1]; tau: the Gumbel temperature;
         seeds: one per image for the Gumbel noise (see quantizer.gumbel_softmax)."""
-        self._check_images(images)
-        quantized = self.quantizer(self.encoder(map_pixels(images)), tau, seeds)
+        quantized = self.quantizer(self.encoder(self._pixels(images)), tau, seeds)
         mu, log_b = self.decoder(quantized.vectors).chunk(2, dim=1)
         return DVAEOutput(quantized.scores, mu, log_b, quantized.codes, quantized.loss)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float in [0, 1] -> (B, h, w) int64 codes (argmax, no noise)."""
-        self._check_images(images)
-        return self.quantizer.encode(self.encoder(map_pixels(images)))
+        return self.quantizer.encode(self.encoder(self._pixels(images)))
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -6,16 +6,22 @@ For each of n scenes of the suite (its caption and spec), draw `candidates` imag
 - kept: mean accuracy over CLIP's best `keep`;
 each overall and per attribute. The completion suite gives the model the top half of each held-out
 scene's codes with its caption, and judges the whole picture.
+
+`judge_candidates` does the drawing, judging and scoring for this and for
+bench/rerank_curve.py; the candidates of many scenes share the sampler's batches.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
-from dalle1.clip import rerank
+from dalle1.clip import clip_scores
 from dalle1.data.transforms import read_image
 from dalle1.images import to_pil
 from dalle1.pipeline import Pipeline
@@ -23,6 +29,7 @@ from dalle1.sampling import SamplingConfig
 from dalle1.shapes.judge import judge_image, summarize
 
 SUITES = ("single", "pair", "novel", "completion")
+ROWS_PER_CALL = 512  # candidates drawn, decoded and judged together (several scenes' at once)
 
 
 def read_suite(folder: Path, n: int) -> list[tuple[str, str, dict]]:
@@ -34,6 +41,58 @@ def read_suite(folder: Path, n: int) -> list[tuple[str, str, dict]]:
         (s.stem, s.with_suffix(".txt").read_text().splitlines()[0], json.loads(s.read_text()))
         for s in specs
     ]
+
+
+@dataclass
+class JudgedScene:
+    """One scene's candidates, in drawing order."""
+
+    name: str
+    caption: str
+    images: torch.Tensor  # (N, 3, S, S) in [0, 1]
+    verdicts: list[dict]  # judge_image's result for each candidate
+    scores: torch.Tensor | None  # (N,) CLIP's cosine similarity to the caption; None: no CLIP
+
+
+def judge_candidates(
+    pipe: Pipeline,
+    suite: str,
+    folder: str | Path,
+    n: int = 50,
+    candidates: int = 16,
+    config: SamplingConfig | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Iterator[JudgedScene]:
+    """Draw `candidates` images for each of the first n scenes of a suite's folder (the
+    completion suite: from the top half of each scene's codes), judge each, score each with
+    the pipeline's CLIP. config: default the run's (pipe.sampling). Scenes are drawn
+    ROWS_PER_CALL candidates at a time."""
+    if suite not in SUITES:
+        raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
+    folder, scenes = Path(folder), read_suite(Path(folder), n)
+    drawer = replace(pipe, clip=None, clip_tokenizer=None)  # candidates in drawing order
+    size, rows = pipe.image_tokenizer.image_size, pipe.dalle.config.grid // 2
+    per_call = max(1, ROWS_PER_CALL // candidates)
+    with tqdm(total=len(scenes), desc=suite, disable=not progress) as bar:
+        for first in range(0, len(scenes), per_call):
+            chunk = scenes[first : first + per_call]
+            prefix = None
+            if suite == "completion":
+                given = [read_image(folder / f"{name}.png", size) for name, _, _ in chunk]
+                codes = pipe.image_tokenizer.encode(torch.stack(given).to(pipe.device))
+                prefix = codes[:, :rows].flatten(1)  # (C, rows * w): each scene's top rows
+            captions = [caption for _, caption, _ in chunk]
+            drawn = drawer.sample_many(
+                captions, candidates, config=config, seed=seed + first, prefix=prefix
+            )
+            for (name, caption, spec), (images, _) in zip(chunk, drawn, strict=True):
+                verdicts = [judge_image(to_pil(image), spec) for image in images]
+                scores = None
+                if pipe.clip is not None:
+                    scores = clip_scores(pipe.clip, pipe.clip_tokenizer, images, caption)
+                yield JudgedScene(name, caption, images, verdicts, scores)
+                bar.update()
 
 
 def evaluate_suite(
@@ -48,45 +107,28 @@ def evaluate_suite(
     save_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Judge n scenes x `candidates` images of a suite. Returns the report (see module doc)."""
-    if suite not in SUITES:
-        raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
+    """Judge n scenes x `candidates` images of a suite. Returns the report (see module doc);
+    save_dir: CLIP's pick (or the first candidate) of each scene, as SUITE/NAME.png."""
     if candidates < 1 or not 1 <= keep <= candidates:
         raise ValueError(
             f"need candidates >= 1 and 1 <= keep <= candidates, got {candidates}, {keep}"
         )
-    scenes = read_suite(Path(folder), n)
-    size = pipe.image_tokenizer.image_size
-    rows = pipe.dalle.config.grid // 2
     first, reranked, kept = {}, {}, {}
-    # Candidates in drawing order from this one, then CLIP's order of them.
-    pipe_without_clip = Pipeline(pipe.dalle, pipe.image_tokenizer, pipe.tokenizer)
-    for index, (name, caption, spec) in enumerate(tqdm(scenes, desc=suite, disable=not progress)):
-        if suite == "completion":
-            image = read_image(Path(folder) / f"{name}.png", size)
-            drawn, _ = pipe_without_clip.complete(
-                image, rows, caption, n=candidates, config=config, seed=seed + index
-            )
-        else:
-            drawn, _ = pipe_without_clip.sample(
-                caption, candidates, config=config, seed=seed + index
-            )
-        verdicts = [judge_image(to_pil(img), spec) for img in drawn]
-        first[name] = verdicts[0]
-        if pipe.clip is not None:
-            order, _ = rerank(pipe.clip, pipe.clip_tokenizer, drawn, caption, keep)
-            reranked[name] = verdicts[int(order[0])]
+    for scene in judge_candidates(pipe, suite, folder, n, candidates, config, seed, progress):
+        first[scene.name] = scene.verdicts[0]
+        best = 0
+        if scene.scores is not None:
+            order = torch.sort(scene.scores, descending=True, stable=True).indices[:keep]
+            best = int(order[0])
+            reranked[scene.name] = scene.verdicts[best]
             for r, i in enumerate(order.tolist()):
-                kept[f"{name}#{r}"] = verdicts[i]
-            best = drawn[int(order[0])]
-        else:
-            best = drawn[0]
+                kept[f"{scene.name}#{r}"] = scene.verdicts[i]
         if save_dir is not None:
             out = Path(save_dir) / suite
             out.mkdir(parents=True, exist_ok=True)
-            to_pil(best).save(out / f"{name}.png")
-            (out / f"{name}.txt").write_text(caption)
-    report = {"suite": suite, "n": len(scenes), "candidates": candidates, "keep": keep}
+            to_pil(scene.images[best]).save(out / f"{scene.name}.png")
+            (out / f"{scene.name}.txt").write_text(scene.caption)
+    report = {"suite": suite, "n": len(first), "candidates": candidates, "keep": keep}
     report["first"] = _brief(summarize(first))
     if reranked:
         report["reranked"] = _brief(summarize(reranked))

@@ -12,7 +12,9 @@ the `novel` split asks for exactly those, like the paper's avocado armchair.
 from __future__ import annotations
 
 import json
+import os
 import random
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,17 +251,38 @@ class ShapesConfig:
         return parse_pairs(self.holdout)
 
 
-def write_split(config: ShapesConfig, progress: bool = True) -> Path:
-    """Render `config.n` scenes of `config.split` into `config.out`; return the folder."""
+SCENES_PER_TASK = 500  # scenes a worker process writes per task
+
+
+def write_split(config: ShapesConfig, progress: bool = True, workers: int = 0) -> Path:
+    """Render `config.n` scenes of `config.split` into `config.out`; return the folder.
+    workers: processes rendering at once (0: one per CPU core); each scene depends only on its
+    index and the seed, so the files are the same for any number."""
     from tqdm import tqdm
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    holdout = config.holdout_pairs
-    for index in tqdm(range(config.n), desc=f"shapes {config.split}", disable=not progress):
+    step = SCENES_PER_TASK
+    chunks = [range(i, min(i + step, config.n)) for i in range(0, config.n, step)]
+    workers = min(workers or os.cpu_count() or 1, len(chunks))
+    with tqdm(total=config.n, desc=f"shapes {config.split}", disable=not progress) as bar:
+        if workers == 1:
+            for chunk in chunks:
+                bar.update(write_scenes(config, chunk))
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                for count in pool.map(write_scenes, [config] * len(chunks), chunks):
+                    bar.update(count)
+    return out
+
+
+def write_scenes(config: ShapesConfig, indices: range) -> int:
+    """Write the scenes of `indices` (NAME.png, NAME.txt, NAME.json); returns how many."""
+    out, holdout = Path(config.out), config.holdout_pairs
+    for index in indices:
         scene = make_scene(config.split, index, config.seed, holdout, config.pair_fraction)
         name = f"{config.split}_{index:06d}"
         render(scene, config.size).save(out / f"{name}.png")
         (out / f"{name}.txt").write_text(scene.caption + "\n")
         (out / f"{name}.json").write_text(json.dumps(scene.spec(config.size), indent=1))
-    return out
+    return len(indices)

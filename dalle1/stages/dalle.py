@@ -69,6 +69,9 @@ class DALLERunConfig:
         )
     )
     train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/dalle"))
+    # How this run is drawn from unless told otherwise: its preview grids, `python -m dalle1
+    # sample | complete | eval`, the web page (whose flags and sliders override it).
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
 def open_codes(source: str, image_tokenizer: ImageTokenizer, train: bool, seed: int):
@@ -156,7 +159,8 @@ class DALLEStage(Stage):
             return scalars, {}
         device = self.trainer.device
         generator = torch.Generator(device).manual_seed(self.config.train.seed)
-        codes = generate(model, self.sample_text.to(device), SamplingConfig(), generator=generator)
+        text = self.sample_text.to(device)
+        codes = generate(model, text, self.config.sampling, generator=generator)
         grid = model.config.grid
         images = self.image_tokenizer.decode(rearrange(codes, "b (h w) -> b h w", h=grid))
         columns = self.config.data.samples_per_caption

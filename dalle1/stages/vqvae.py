@@ -71,7 +71,6 @@ class VQVAEStage(Stage):
         model = DiscreteVAE(config.model)
         first_batch = next(iter(DataLoader(dataset, batch_size=config.data.eval_images)))[0]
         model.init_output_bias(first_batch)
-        model = model.to(memory_format=torch.channels_last)
         self.trainer = Trainer(config.train, config.optim, model, dataset, config)
         # Code use since the last restart, summed over every process; resumed with the run.
         self.usage = torch.zeros(config.model.codebook_size, device=self.trainer.device)
@@ -92,7 +91,6 @@ class VQVAEStage(Stage):
     def step(self, model, batch, step: int):
         trainer, restart_every = self.trainer, self.config.loss.restart_dead_codes_every
         images = batch[0].to(trainer.device, non_blocking=True)
-        images = images.contiguous(memory_format=torch.channels_last)
         if restart_every and step and step % restart_every == 0:
             self.restart_dead_codes(images, step)
         first = step_seed(self.config.train, step) * 1009 + trainer.sample_offset
