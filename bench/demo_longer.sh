@@ -2,7 +2,7 @@
 # The demo pipeline trained longer: CLIP 2,000 steps (demo: 500) and the transformer 3,000 steps
 # of 32 (demo: 1,000), reusing the data, tokenizer, dVAE and token caches of `make demo`
 # (runs/demo). Then the benchmark of every suite, reranked grids (best 8 of 32) for the demo's six
-# sample captions and the reranking curve up to 128 candidates. About 35 minutes on a 2-core CPU.
+# sample captions and the reranking curve up to 512 candidates. About 30 minutes on a 2-core CPU.
 set -e
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -15,4 +15,4 @@ for s in single pair novel completion; do
 done
 cut -d: -f2- $D/samples/captions.txt | sed 's/^ //' > runs/demo_longer/captions.txt
 $PY -m dalle1 sample --run runs/demo_longer/dalle --captions-file runs/demo_longer/captions.txt -n 32 --keep 8 --out runs/demo_longer/samples/grid.png
-$PY bench/rerank_curve.py --run runs/demo_longer/dalle --data $D/data --candidates 128 --out runs/demo_longer/rerank_curve.png --json runs/demo_longer/rerank_curve.json
+$PY bench/rerank_curve.py --run runs/demo_longer/dalle --data $D/data --candidates 512 --out runs/demo_longer/rerank_curve.png --json runs/demo_longer/rerank_curve.json

@@ -9,6 +9,9 @@ as JSON and drawn as a PNG (accuracy against N, log scale), one colour per suite
 
     python bench/rerank_curve.py --run runs/demo/dalle [--scenes 30] [--out docs/rerank_curve.png]
     python bench/rerank_curve.py --run RUN --candidates 16 --scenes 50 [--clip OTHER_CLIP_RUN]
+        [--top-p P] [--temperature T]   (sampling: default the run's)
+
+It also counts how many of the candidates drawn fail each attribute the judge checks.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -92,6 +97,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--candidates", type=int, default=512, help="largest N, a power of 2")
     parser.add_argument("--clip", help="rerank with this CLIP run (default: the run's data.clip)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling (default: the run's)")
+    parser.add_argument("--temperature", type=float, help="default: the run's")
     parser.add_argument("--out", default="runs/bench/rerank_curve.png")
     parser.add_argument("--json", default="runs/bench/rerank_curve.json")
     args = parser.parse_args()
@@ -101,18 +108,27 @@ def main() -> None:
     pipe = Pipeline.load(args.run, clip=args.clip)
     if pipe.clip is None:
         parser.error(f"{args.run} names no CLIP run (data.clip): nothing to rerank with")
+    given = {"top_p": args.top_p, "temperature": args.temperature}
+    config = replace(pipe.sampling, **{k: v for k, v in given.items() if v is not None})
     data = Path(args.data) if args.data else Path(args.run).resolve().parent / "data"
-    start, curves = time.perf_counter(), {}
+    start, curves, failures = time.perf_counter(), {}, {}
     for suite in SUITES:
         folder = data / ("pair" if suite == "completion" else suite)
-        scenes = judge_candidates(pipe, suite, folder, args.scenes, args.candidates, seed=args.seed)
-        judged = [(torch.tensor([v["pass"] for v in s.verdicts]), s.scores) for s in scenes]
+        judged, failures[suite] = [], Counter()  # how many candidates fail each attribute
+        for scene in judge_candidates(
+            pipe, suite, folder, args.scenes, args.candidates, config, args.seed
+        ):
+            judged.append((torch.tensor([v["pass"] for v in scene.verdicts]), scene.scores))
+            failures[suite].update(f for v in scene.verdicts for f in v["failures"])
         curves[suite] = curve(judged, counts)
         print(
             suite,
             json.dumps({k: [v and round(v, 3) for v in vs] for k, vs in curves[suite].items()}),
+            "failures of the candidates drawn:",
+            dict(failures[suite]),
         )
     report = {"run": args.run, "scenes": args.scenes, "counts": counts, "curves": curves}
+    report |= {"sampling": asdict(config), "failures": failures}
     report["seconds"] = time.perf_counter() - start
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1))

@@ -174,7 +174,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guidance",
         type=float,
-        help="classifier-free guidance scale; 1 = off, needs caption_drop > 0 (default: 1)",
+        help="classifier-free guidance scale; 1 = off, needs caption_drop > 0 "
+        "(default: the run's; 1)",
     )
     parser.add_argument(
         "--batch-size",

@@ -40,6 +40,13 @@ def init_distributed() -> None:
         dist.init_process_group(backend)
 
 
+def close_distributed() -> None:
+    """Leave the process group, if joined: a process that exits with the group still open can
+    abort in the backend's threads ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def distributed_context() -> tuple[int, int]:
     """(rank, world size) of this process; (0, 1) outside torchrun."""
     if dist.is_available() and dist.is_initialized():
