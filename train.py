@@ -35,7 +35,7 @@ from dalle1.stages.encode import encode_dataset
 from dalle1.stages.run_all import PRESETS_HELP, AllStages, presets
 from dalle1.stages.vqvae import VQVAERunConfig, train_vqvae
 from dalle1.tokenizer import TextTokenizer, train_tokenizer
-from dalle1.training.distributed import close_distributed
+from dalle1.training.distributed import exit_process
 
 logger = logging.getLogger("train")
 
@@ -238,10 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    finally:
-        close_distributed()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -19,8 +19,10 @@ import contextlib
 import copy
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -40,11 +42,23 @@ def init_distributed() -> None:
         dist.init_process_group(backend)
 
 
-def close_distributed() -> None:
-    """Leave the process group, if joined: a process that exits with the group still open can
-    abort in the backend's threads ("terminate called without an active exception")."""
+def exit_process(code: int) -> NoReturn:
+    """End a train.py process with `code`; under torchrun, leave the process group first and
+    skip the interpreter's shutdown.
+
+    A gloo worker thread may still be freeing the tensors of the last collective (an FSDP
+    gather) when the main thread returns; if the interpreter is shutting down by then, that
+    thread cannot take the GIL and the process aborts ("terminate called without an active
+    exception") after all its work is done. Logs and output are flushed first.
+    """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def distributed_context() -> tuple[int, int]:
