@@ -64,8 +64,9 @@ class Pipeline:
         checkpoint = resolve_model_folder(run)
         target = pick_device(device)
         dalle = DALLE.from_pretrained(checkpoint, map_location=str(target)).eval()
-        parts = read_run_parts(checkpoint)
-        if not parts["image_tokenizer"] or not parts["text_tokenizer"]:
+        config = read_run_config(checkpoint)
+        parts = config.get("data") or {}
+        if not parts.get("image_tokenizer") or not parts.get("text_tokenizer"):
             raise ValueError(
                 f"{str(run)!r} is not a transformer run: its config names no tokenizers"
             )
@@ -83,7 +84,7 @@ class Pipeline:
         ]
         if mismatches:
             raise ValueError(f"the parts of {str(run)!r} do not fit: " + "; ".join(mismatches))
-        clip_path = clip if clip is not None else parts["clip"]
+        clip_path = clip if clip is not None else parts.get("clip")
         clip_model = clip_tokenizer = None
         if clip_path:
             clip_model = CLIP.from_pretrained(clip_path, map_location=str(target)).eval()
@@ -93,7 +94,7 @@ class Pipeline:
                 clip_model.config.text_vocab_size,
             )
         # The run's sampling section (runs from before it had one: the defaults).
-        sampling = from_dict(SamplingConfig, read_run_config(checkpoint).get("sampling"))
+        sampling = from_dict(SamplingConfig, config.get("sampling"))
         image_tokenizer = image_tokenizer.to(target)
         return cls(dalle, image_tokenizer, tokenizer, clip_model, clip_tokenizer, sampling)
 
