@@ -10,6 +10,9 @@ as JSON and drawn as a PNG (accuracy against N, log scale), one colour per suite
     python bench/rerank_curve.py --run runs/demo/dalle [--scenes 30] [--out docs/rerank_curve.png]
     python bench/rerank_curve.py --run RUN --candidates 16 --scenes 50 [--clip OTHER_CLIP_RUN]
         [--top-p P] [--temperature T]   (sampling: default the run's)
+    python bench/rerank_curve.py --run runs/icons0/dalle --icons data/icons/split_0 --scenes 100
+        the icon grid: its held-out and seen cells, a candidate right when the icons' judge
+        reads both its object (top-1) and its style
 
 It also counts how many of the candidates drawn fail each attribute the judge checks.
 """
@@ -26,12 +29,14 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from dalle1.icons.benchmark import judge_icon_candidates, load_judge
+from dalle1.icons.data import read_cells
 from dalle1.pipeline import Pipeline
 from dalle1.shapes.benchmark import SUITES, judge_candidates
 
 KEPT = (4, 32)
 COLOURS = {"single": (31, 119, 180), "pair": (214, 39, 40), "novel": (44, 160, 44)}
-COLOURS["completion"] = (148, 103, 189)
+COLOURS |= {"completion": (148, 103, 189), "heldout": (214, 39, 40), "seen": (31, 119, 180)}
 
 
 def curve(judged: list, counts: list[int]) -> dict:
@@ -89,6 +94,33 @@ def draw(curves: dict, counts: list[int], title: str, path: Path, size=(760, 460
     image.save(path)
 
 
+def judged_shapes(pipe, args, config, data: Path):
+    """{suite: (per scene (passes (N,) bool, CLIP scores (N,)), failures per attribute)}."""
+    for suite in SUITES:
+        folder = data / ("pair" if suite == "completion" else suite)
+        judged, failures = [], Counter()  # how many candidates fail each attribute
+        for scene in judge_candidates(
+            pipe, suite, folder, args.scenes, args.candidates, config, args.seed
+        ):
+            judged.append((torch.tensor([v["pass"] for v in scene.verdicts]), scene.scores))
+            failures.update(f for v in scene.verdicts for f in v["failures"])
+        yield suite, judged, failures
+
+
+def judged_icons(pipe, args, config):
+    """The icons' suites: a candidate passes when the judge reads its object and style."""
+    judge, cells = load_judge(args.icons, args.judge), read_cells(args.icons)
+    for suite in ("heldout", "seen"):
+        judged, failures = [], Counter()
+        for cell in judge_icon_candidates(
+            pipe, judge, cells[suite][: args.scenes], args.candidates, config, args.seed
+        ):
+            judged.append((cell.judged["both"], cell.scores))
+            failures["object"] += int((~cell.judged["object"]).sum())
+            failures["style"] += int((~cell.judged["style"]).sum())
+        yield suite, judged, failures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default="runs/demo/dalle", help="a transformer run with CLIP")
@@ -99,6 +131,8 @@ def main() -> None:
     parser.add_argument("--clip", help="rerank with this CLIP run (default: the run's data.clip)")
     parser.add_argument("--top-p", type=float, help="nucleus sampling (default: the run's)")
     parser.add_argument("--temperature", type=float, help="default: the run's")
+    parser.add_argument("--icons", help="an icons split (data/icons/split_0): its cells instead")
+    parser.add_argument("--judge", help="the icons' judge (default: ICONS/../judge)")
     parser.add_argument("--out", default="runs/bench/rerank_curve.png")
     parser.add_argument("--json", default="runs/bench/rerank_curve.json")
     args = parser.parse_args()
@@ -112,14 +146,11 @@ def main() -> None:
     config = replace(pipe.sampling, **{k: v for k, v in given.items() if v is not None})
     data = Path(args.data) if args.data else Path(args.run).resolve().parent / "data"
     start, curves, failures = time.perf_counter(), {}, {}
-    for suite in SUITES:
-        folder = data / ("pair" if suite == "completion" else suite)
-        judged, failures[suite] = [], Counter()  # how many candidates fail each attribute
-        for scene in judge_candidates(
-            pipe, suite, folder, args.scenes, args.candidates, config, args.seed
-        ):
-            judged.append((torch.tensor([v["pass"] for v in scene.verdicts]), scene.scores))
-            failures[suite].update(f for v in scene.verdicts for f in v["failures"])
+    if args.icons:
+        suites = judged_icons(pipe, args, config)
+    else:
+        suites = judged_shapes(pipe, args, config, data)
+    for suite, judged, failures[suite] in suites:
         curves[suite] = curve(judged, counts)
         print(
             suite,

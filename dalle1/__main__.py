@@ -4,6 +4,7 @@ Commands:
     sample CAPTION ...   draw n images per caption, rerank them with CLIP, save the best as a grid
     complete CAPTION     keep the top rows of an image, sample the rest, rerank, save a grid
     eval                 generate for a shapes suite and judge every candidate
+    eval-icons           generate for the icon grid's held-out and seen cells, judge each
     judge DIR            score every NAME.png in DIR against its NAME.json (the shapes benchmark)
     serve                a web page to sample and complete (gradio), on 127.0.0.1:7860
 """
@@ -21,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from dalle1.data.transforms import BadSample, read_image
+from dalle1.icons.benchmark import evaluate_icons, load_judge, report_table
 from dalle1.images import make_grid, save_image
 from dalle1.pipeline import Pipeline
 from dalle1.sampling import SamplingConfig
@@ -135,6 +137,21 @@ def run_eval(args: argparse.Namespace) -> None:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text)
     print(text)
+
+
+def run_eval_icons(args: argparse.Namespace) -> None:
+    pipe = Pipeline.load(args.run, args.clip, args.device)
+    judge = load_judge(args.data, args.judge)
+    config = sampling_config(args, pipe.sampling)
+    report = evaluate_icons(
+        pipe, args.data, judge, args.n, args.candidates, config, args.seed, args.save
+    )
+    text = json.dumps(report, indent=1)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+    print(text)
+    print(report_table(report))
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -274,6 +291,27 @@ def add_benchmark_commands(commands) -> None:
     evaluate.add_argument("--save", help="write CLIP's best image per scene into this folder")
     add_sampling_arguments(evaluate)
     evaluate.set_defaults(handler=run_eval)
+
+    icons = commands.add_parser(
+        "eval-icons",
+        help="the icons benchmark: held-out and seen cells of the icon grid, judged",
+        description="For the held-out cells of an icons split (objects in a style never seen "
+        "with them in training) and as many seen cells, draw C candidates of 'OBJECT, STYLE "
+        "style' and let the icons' judge read each: object top-1 and top-5, style, both, for "
+        "the first candidate and CLIP's top-1, a Fréchet distance in the judge's features, and "
+        "the judge on the image tokenizer's reconstructions (its ceiling).",
+    )
+    add_model_arguments(icons)
+    icons.add_argument("--data", required=True, help="an icons split, e.g. data/icons/split_0")
+    icons.add_argument(
+        "--judge", help="the judge's folder (default DATA/../judge; trained there when missing)"
+    )
+    icons.add_argument("--n", type=int, default=0, help="cells per suite (default 0: all)")
+    icons.add_argument("--candidates", type=int, default=16, help="per cell (default 16)")
+    icons.add_argument("--json", help="also write the report to this file")
+    icons.add_argument("--save", help="folder for SUITE.png: real drawing, then CLIP's best 8")
+    add_sampling_arguments(icons)
+    icons.set_defaults(handler=run_eval_icons)
 
     judge = commands.add_parser(
         "judge",

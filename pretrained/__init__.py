@@ -9,7 +9,8 @@ the class name a folder records and builds that class, so a consumer that accept
 (e.g. any image tokenizer) needs no flag to say which. Loading names what is wrong: a missing
 file, a config that does not parse, corrupt weights, or weights of another config.
 
-`path` may also be a training run folder: its newest `checkpoints/step_*` is used.
+`path` may also be a training run folder: its `best/` (the weights with the lowest held-out
+loss, kept by `train.keep_best`) when it has one, else its newest `checkpoints/step_*`.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from torch import nn
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
 STEP_PATTERN = re.compile(r"^step_(\d{7,})$")
+BEST_FOLDER = "best"
 
 __all__ = [
+    "BEST_FOLDER",
     "CONFIG_FILE",
     "WEIGHTS_FILE",
     "Pretrained",
@@ -50,10 +53,13 @@ def step_folders(root: str | Path) -> list[Path]:
 
 
 def resolve_model_folder(path: str | Path) -> Path:
-    """A model folder as is, or a run folder -> its newest checkpoints/step_* folder."""
+    """A model folder as is, or a run folder -> its best/ folder, else its newest
+    checkpoints/step_* folder."""
     path = Path(path)
     if (path / WEIGHTS_FILE).is_file():
         return path
+    if (path / BEST_FOLDER / WEIGHTS_FILE).is_file():
+        return path / BEST_FOLDER
     steps = step_folders(path / "checkpoints")
     if not steps:
         raise FileNotFoundError(

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 import train
 from dalle1.__main__ import main as dalle1_main
 from dalle1.training.checkpoint import TRAIN_WEIGHTS_FILE
+from pretrained import resolve_model_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -387,7 +388,7 @@ def test_bad_arguments_name_the_problem(parts, tmp_path, dalle_args, capsys):
         )
         == 0
     )
-    config = next((run / "checkpoints").glob("step_*")) / "config.yaml"
+    config = resolve_model_folder(run) / "config.yaml"  # what loading the run reads
     config.write_text(config.read_text().replace(str(parts / "tok.model"), str(other)))
     assert dalle1_main(["sample", "--run", str(run), "x"]) == 2
     assert "do not fit" in capsys.readouterr().err

@@ -14,11 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 from dalle1.config import load_config
-from dalle1.stages.vqvae import VQVAERunConfig, train_vqvae
+from dalle1.stages.vqvae import VQVAERunConfig, VQVAEStage, train_vqvae
 from dalle1.training import OptimConfig, TrainConfig, Trainer, TrainingDiverged
 from dalle1.training.checkpoint import atomic_checkpoint, latest_checkpoint, list_checkpoints
 from dalle1.training.muon import MuonAdamW, orthogonalize, uses_muon
 from dalle1.training.optim import build_optimizer, lr_at
+from pretrained import resolve_model_folder
 from vqvae import DiscreteVAE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,7 +185,7 @@ import sys, time
 from pathlib import Path
 import dalle1.training.checkpoint as checkpoint
 from dalle1.config import load_config
-from dalle1.stages.vqvae import VQVAERunConfig, train_vqvae
+from dalle1.stages.vqvae import VQVAERunConfig, VQVAEStage, train_vqvae
 
 saves = []
 real_fsync_tree = checkpoint._fsync_tree
@@ -234,3 +235,48 @@ def test_sigkill_mid_save_leaves_the_last_checkpoint_loadable(tmp_path, shapes_f
     DiscreteVAE.from_pretrained(latest)
     resumed = train_vqvae(tiny_config(run_dir, shapes_folder, "train.max_steps=5"), resume=True)
     assert resumed.step == 5 and not half_written.exists()
+
+
+def test_keep_best_holds_the_lowest_held_out_loss_and_readers_use_it(tmp_path, shapes_folder):
+    """Held-out losses 3, 1, 2, 5 at steps 2, 4, 6, 8: best/ holds step 4's inference weights,
+    a run folder resolves to it, a resumed run keeps comparing with it, --restart moves it."""
+    losses = {2: 3.0, 4: 1.0, 6: 2.0, 8: 5.0, 10: 1.5, 12: 0.5}
+
+    def held_out(model, step):
+        return {"loss": losses[step]}, {}
+
+    def train(steps: int, resume: bool = False, restart: bool = False) -> Trainer:
+        config = tiny_config(
+            tmp_path,
+            shapes_folder,
+            f"train.max_steps={steps}",
+            "train.eval_every=2",
+            "train.checkpoint_every=2",
+            "train.keep_checkpoints=10",
+        )
+        stage = VQVAEStage(config, resume, restart, None)
+        stage.trainer.fit(stage.step, held_out)
+        return stage.trainer
+
+    train(8)
+    best = tmp_path / "best"
+    assert json.loads((best / "state.json").read_text()) == {"step": 4, "loss": 1.0}
+    assert resolve_model_folder(tmp_path) == best
+    step_4 = load_file(tmp_path / "checkpoints" / "step_0000004" / "model.safetensors")
+    for name, value in load_file(best / "model.safetensors").items():
+        torch.testing.assert_close(value, step_4[name])
+    DiscreteVAE.from_pretrained(tmp_path)  # a model folder like any other
+    train(10, resume=True)  # 1.5 is not below 1.0
+    assert json.loads((best / "state.json").read_text())["step"] == 4
+    train(12, resume=True)
+    assert json.loads((best / "state.json").read_text())["step"] == 12
+    train(2, restart=True)
+    assert json.loads((best / "state.json").read_text())["step"] == 2
+    aside = next(tmp_path.glob("checkpoints_replaced_*"))
+    assert json.loads((aside / "best" / "state.json").read_text())["step"] == 12
+
+
+def test_keep_best_off_writes_no_best_folder(tmp_path, shapes_folder):
+    train_vqvae(tiny_config(tmp_path, shapes_folder, "train.max_steps=4", "train.keep_best=false"))
+    assert not (tmp_path / "best").exists()
+    assert resolve_model_folder(tmp_path) == latest_checkpoint(tmp_path / "checkpoints")

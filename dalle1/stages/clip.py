@@ -13,10 +13,12 @@ process scores its own rows against every process's embeddings.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from dalle1.caption_negatives import CaptionNegatives, caption_words, mirror_caption
@@ -71,10 +73,14 @@ class CLIPRunConfig:
 
 
 def retrieval_accuracy(model: CLIP, images: torch.Tensor, text: torch.Tensor) -> dict:
-    """Top-1 accuracy of matching each caption to its image among the batch, and back."""
+    """Top-1 accuracy of matching each caption to its image among the batch, and back; and
+    the symmetric contrastive loss over the batch (the held-out loss)."""
     similarity = model.encode_text(text) @ model.encode_images(images).t()
     labels = torch.arange(len(similarity), device=similarity.device)
+    logits = similarity * model.log_scale.clamp(max=math.log(100)).exp()
+    loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
     return {
+        "loss": loss.item(),
         "text_to_image": (similarity.argmax(1) == labels).float().mean().item(),
         "image_to_text": (similarity.argmax(0) == labels).float().mean().item(),
     }

@@ -154,7 +154,8 @@ class DALLEStage(Stage):
 
     def evaluate(self, model: DALLE, step: int):
         out = model(self.eval_text, self.eval_codes)
-        scalars = {"text_loss": out.text_loss.item(), "image_loss": out.image_loss.item()}
+        scalars = {"loss": out.loss.item(), "text_loss": out.text_loss.item()}
+        scalars["image_loss"] = out.image_loss.item()
         if not len(self.sample_text):
             return scalars, {}
         device = self.trainer.device

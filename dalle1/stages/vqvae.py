@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
 from dalle1.data import open_source
@@ -109,7 +110,8 @@ class VQVAEStage(Stage):
         shown = min(16, len(images))
         # Inputs in odd columns, their hard-code reconstructions beside them.
         pairs = torch.stack([images[:shown].float(), reconstructions[:shown].float()], 1)
-        scalars = {"psnr": psnr(reconstructions, images), "perplexity": perplexity}
+        scalars = {"loss": F.mse_loss(reconstructions, images).item()}  # pixels in [0, 1]
+        scalars |= {"psnr": psnr(reconstructions, images), "perplexity": perplexity}
         scalars["codes_used"] = used
         return scalars, {"reconstructions": make_grid(pairs.flatten(0, 1), columns=8)}
 

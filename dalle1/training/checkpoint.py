@@ -6,6 +6,9 @@
         optimizer.pt, rng.pt, stage_state.pt   loaded with weights_only=True
         state.json                             step and data position
         config.yaml                            the resolved run config
+    RUN/best/                                  with train.keep_best: the inference weights of
+        model.safetensors, model_config.json   the evaluation with the lowest held-out loss,
+        state.json, config.yaml                {"step", "loss"}; readers of the run use it
 
 A checkpoint is written into a temporary folder that is renamed into place only once every file
 is on disk, so a process killed at any moment leaves the previous checkpoint intact and never a
@@ -31,7 +34,7 @@ from torch import nn
 
 from dalle1.config import save_config
 from dalle1.training import distributed
-from pretrained import WEIGHTS_FILE, check_fits, resolve_model_folder, step_folders
+from pretrained import BEST_FOLDER, WEIGHTS_FILE, check_fits, resolve_model_folder, step_folders
 
 logger = logging.getLogger(__name__)
 
@@ -141,9 +144,12 @@ class Checkpointer:
         """Whether to resume. A run folder with checkpoints is never started over silently:
         `resume` continues it, `restart` moves its checkpoints aside, anything else stops."""
         latest = self.latest()
+        best = self.root.parent / BEST_FOLDER
         if latest is None or resume:
             if resume and latest is None:
                 logger.info("no checkpoint in %s: starting from scratch", self.root)
+            if latest is None and best.is_dir() and self.rank == 0:  # of no run that is here
+                shutil.rmtree(best)
             return latest is not None
         if not restart:
             raise RunExistsError(
@@ -154,6 +160,8 @@ class Checkpointer:
         if self.rank == 0:
             aside = self.root.with_name(f"checkpoints_replaced_{time.strftime('%Y%m%d-%H%M%S')}")
             self.root.rename(aside)
+            if best.is_dir():
+                best.rename(aside / BEST_FOLDER)
             logger.info("starting anew: the earlier checkpoints are in %s", aside)
         if distributed.distributed_context()[1] > 1:
             torch.distributed.barrier()  # no rank may see the old folder after this
@@ -181,6 +189,35 @@ class Checkpointer:
         final = step_folder(self.root, position["step"])
         logger.info("saved checkpoint %s", final)
         return final
+
+    def best_loss(self) -> float:
+        state = self.root.parent / BEST_FOLDER / "state.json"
+        return json.loads(state.read_text())["loss"] if state.is_file() else float("inf")
+
+    def save_if_best(self, step: int, loss: float, run_config: Any) -> bool:
+        """Write the inference weights to RUN/best when `loss` (held out) is the lowest yet.
+        Rank 0 only: under FSDP every rank must call it (the weights are gathered)."""
+        if not loss < self.best_loss():
+            return False
+        inference = distributed.model_state(self.ema if self.ema is not None else self.model)
+        if self.rank != 0:
+            return True
+        best = self.root.parent / BEST_FOLDER
+        temp = self.root.parent / f"{TEMP_PREFIX}{BEST_FOLDER}_{os.getpid()}"
+        shutil.rmtree(temp, ignore_errors=True)
+        self.model.save_pretrained(temp, inference)
+        (temp / "state.json").write_text(json.dumps({"step": step, "loss": loss}))
+        save_config(run_config, temp / "config.yaml")
+        _fsync_tree(temp)
+        if best.exists():  # the swap is two renames: a crash between them leaves no best/,
+            old = best.with_name(f"{TEMP_PREFIX}{BEST_FOLDER}_old_{os.getpid()}")
+            os.rename(best, old)  # and readers fall back to the newest checkpoint
+            os.rename(temp, best)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(temp, best)
+        logger.info("best held-out loss so far (%.4f at step %d): %s", loss, step, best)
+        return True
 
     def load(self, device: torch.device) -> dict[str, int]:
         """Restore the newest checkpoint in place; returns its position (step, epoch,

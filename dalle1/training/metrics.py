@@ -62,12 +62,15 @@ class MetricLogger:
         self.progress.set_postfix(loss=f"{metrics['loss']:.4f}")
 
     def flush_window(self, step: int) -> dict[str, float]:
-        """Log the window's means with images/s (and tokens/s); returns them."""
+        """Log the window's means with images/s (and tokens/s, and on CUDA the peak memory
+        allocated so far); returns them."""
         elapsed = time.perf_counter() - self._start
         means = {k: v / max(self._steps, 1) for k, v in self._sums.items()}
         means["images_per_s"] = self._steps * self.images_per_step / elapsed
         if self.tokens_per_image:
             means["tokens_per_s"] = means["images_per_s"] * self.tokens_per_image
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            means["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         self.log(step, "train", means)
         self._sums, self._steps, self._start = {}, 0, time.perf_counter()
         return means

@@ -6,7 +6,9 @@ knows nothing about the model; its parts sit beside it:
 
 - distributed.py: the process group, DDP or FSDP, the EMA copy;
 - checkpoint.py: checkpoints every `checkpoint_every` steps, at the end and on Ctrl-C, and
-  `--resume` with the same step, schedules, RNG and data order (data_order.py);
+  `--resume` with the same step, schedules, RNG and data order (data_order.py); with
+  `keep_best`, the weights of the evaluation with the best held-out loss in RUN/best (small
+  folders overfit: the stamps' held-out loss was lowest at step 250 of 2,000);
 - metrics.py: the progress bar, log lines, TensorBoard, metrics.jsonl and previews.
 
 A NaN or inf loss stops the run with a message naming the step, before anything is saved.
@@ -37,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 StepFn = Callable[[nn.Module, Any, int], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[nn.Module, int], tuple[dict[str, float], dict[str, torch.Tensor]]]
+HELD_OUT_LOSS = "loss"  # the eval scalar that keep_best minimises
 
 
 @dataclass
@@ -57,6 +60,9 @@ class TrainConfig:
     eval_every: int = 250  # steps between held-out metrics and preview grids; 0 = never
     checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
+    # keep the weights of the evaluation with the lowest held-out loss in run_dir/best; a run
+    # folder given to any reader (the next stage, sampling) then means those weights
+    keep_best: bool = True
     num_workers: int = 0  # DataLoader worker processes
     tensorboard: bool = True  # write TensorBoard logs to run_dir/tensorboard
     # under torchrun: ddp (a whole model per process) or fsdp (parameters, gradients and
@@ -245,3 +251,5 @@ class Trainer:
             scalars, images = eval_fn(model, self.step)
         metrics.log(self.step, "eval", scalars)
         metrics.images(self.step, images)
+        if self.config.keep_best and HELD_OUT_LOSS in scalars:
+            self.checkpoints.save_if_best(self.step, scalars[HELD_OUT_LOSS], self.run_config)
