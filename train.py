@@ -196,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     judge.add_argument("--data", required=True, help="the icons folder (train.py icons --out)")
     judge.add_argument("--out", help="where the judge goes (default DATA/judge)")
-    judge.add_argument("--steps", type=int, default=2500, help="updates of 64 (default 2500)")
-    judge.add_argument("--width", type=int, default=24, help="first stage's channels (24)")
+    judge.add_argument("--steps", type=int, default=4000, help="updates of 64 (default 4000)")
+    judge.add_argument("--width", type=int, default=32, help="first stage's channels (32)")
     judge.add_argument("--size", type=int, default=64, help="side it reads images at (64)")
     judge.set_defaults(run=run_icons_judge)
 

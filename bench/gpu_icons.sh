@@ -18,7 +18,7 @@ if [[ "${TINY:-0}" == 1 ]]; then
   STEPS=(vqvae.train.max_steps=4 clip.train.max_steps=4 dalle.train.max_steps=4
          vqvae.model.image_size=32 clip.model.image_size=32)
 else
-  SIZE=256 TEST_SIZE=192 PRESET=gpu256 VOCAB=1000 CELLS=64 JUDGE_STEPS=2500 OBJECTS=0
+  SIZE=256 TEST_SIZE=192 PRESET=gpu256 VOCAB=1000 CELLS=64 JUDGE_STEPS=4000 OBJECTS=0
   STEPS=(vqvae.train.max_steps=1000 vqvae.train.eval_every=250 vqvae.train.checkpoint_every=500
          clip.train.max_steps=600 clip.train.eval_every=200 clip.train.checkpoint_every=600
          clip.optim.warmup_steps=100 clip.model.text_length=32

@@ -111,6 +111,7 @@ def test_data_command_writes_captioned_folders_and_held_out_cells(icons):
     assert not lines[0].exists()
     assert lines[1].read_text().splitlines() == captions("tent", "clay")
     assert captions("chef-hat", "soft 3d")[0] == "chef hat, soft 3d style"
+    assert captions("anchor", "anime")[1:3] == ["an anchor in anime style", "an anime style anchor"]
     with Image.open(pngs[0]) as image:  # flattened on white, at the asked size
         assert image.mode == "RGB" and image.size == (32, 32)
         assert image.getpixel((0, 0)) == (255, 255, 255)

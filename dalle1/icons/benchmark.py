@@ -156,7 +156,7 @@ def evaluate_icons(
             columns = rows[0].shape[0]
             grid = make_grid(torch.cat(rows), columns=columns)
             save_image(grid, Path(save_dir) / f"{suite}.png")
-            lines = [f"row {i}: {c[0]}, {c[1]} style" for i, c in enumerate(cells[: len(rows)])]
+            lines = [f"row {i}: {captions(*c)[0]}" for i, c in enumerate(cells[: len(rows)])]
             (Path(save_dir) / f"{suite}.txt").write_text("\n".join(lines) + "\n")
     return report
 

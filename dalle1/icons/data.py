@@ -73,12 +73,12 @@ GLYPH_WORDS = frozenset(
     "navigation infinity badge shapes qr barcode fingerprint contactless accessibility id app "
     "window dashboard template menu presentation picture gallery ungroup".split()
 )
-CAPTION_TEMPLATES = (
+CAPTION_TEMPLATES = (  # the first is the one the benchmark asks with
     "{object}, {style} style",
-    "a {object} in {style} style",
-    "a {style} style {object}",
-    "{style} style drawing of a {object}",
-    "an icon of a {object}, {style} style",
+    "{a_object} in {style} style",
+    "{a_style} style {object}",
+    "{style} style drawing of {a_object}",
+    "an icon of {a_object}, {style} style",
 )
 
 
@@ -127,9 +127,16 @@ def style_name(prefix: str) -> str:
     return prefix.removeprefix(SET_PREFIX).replace("3d", " 3d").strip()
 
 
+def with_article(words: str) -> str:
+    return f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
+
+
 def captions(obj: str, style: str) -> list[str]:
+    """The captions of one cell, e.g. "chef hat, clay style", "a chef hat in clay style"."""
     words = obj.replace("-", " ")
-    return [t.format(object=words, style=style) for t in CAPTION_TEMPLATES]
+    names = {"object": words, "style": style}
+    names |= {"a_object": with_article(words), "a_style": with_article(style)}
+    return [t.format(**names) for t in CAPTION_TEMPLATES]
 
 
 def cache_folder(config: IconsConfig) -> Path:

@@ -104,11 +104,11 @@ class IconJudge(nn.Module, Pretrained):
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random zoom (0.8-1.15) and shift (up to 8% of the side) of (B, 3, S, S) images in
+    """Random zoom (0.9-1.15) and shift (up to 5% of the side) of (B, 3, S, S) images in
     [0, 1], the uncovered border white."""
     b = images.shape[0]
-    scale = torch.empty(b).uniform_(0.8, 1.15, generator=generator)
-    shift = torch.empty(b, 2).uniform_(-0.16, 0.16, generator=generator)
+    scale = torch.empty(b).uniform_(0.9, 1.15, generator=generator)
+    shift = torch.empty(b, 2).uniform_(-0.1, 0.1, generator=generator)
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
     theta[:, :, 2] = shift
@@ -131,9 +131,9 @@ def all_cells(data: Path) -> tuple[list[list[str]], list[str], list[str]]:
 def train_judge(
     data: str | Path,
     out: str | Path,
-    steps: int = 3000,
+    steps: int = 4000,
     batch_size: int = 64,
-    width: int = 24,
+    width: int = 32,
     lr: float = 2e-3,
     seed: int = 0,
     image_size: int = 64,

@@ -41,6 +41,7 @@ TRAINED = {
 }
 PRESETS_HELP = """presets (configs/STAGE_PRESET.yaml):
   cpu64   64 px, 8x8 codes: about 10 minutes on 2 CPU cores for 800 images
+  icons64 64 px, 16x16 codes, K = 1024: the icon grid (11,450 drawings) on 2 CPU cores
   gpu256  the paper's 256 px -> 32x32 codes, K = 8192, 256 text positions, for one 24-80 GB GPU
   paper   the paper's 12B transformer (torchrun, train.parallel=fsdp)
   shapes  the demo's; tiny: the tests'

@@ -203,8 +203,9 @@ class Checkpointer:
         if self.rank != 0:
             return True
         best = self.root.parent / BEST_FOLDER
+        for stale in self.root.parent.glob(f"{TEMP_PREFIX}{BEST_FOLDER}_*"):  # a killed swap's
+            shutil.rmtree(stale, ignore_errors=True)
         temp = self.root.parent / f"{TEMP_PREFIX}{BEST_FOLDER}_{os.getpid()}"
-        shutil.rmtree(temp, ignore_errors=True)
         self.model.save_pretrained(temp, inference)
         (temp / "state.json").write_text(json.dumps({"step": step, "loss": loss}))
         save_config(run_config, temp / "config.yaml")
