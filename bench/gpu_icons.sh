@@ -8,7 +8,10 @@
 #   bash bench/gpu_icons.sh [OUT]          (default runs/gpu_icons)
 #   TINY=1 bash bench/gpu_icons.sh OUT     the same steps at tiny sizes on the CPU (a test runs it)
 #
-# ICONS_CACHE: a folder holding the @iconify/json tarball (default: fetched with npm).
+# ICONS_CACHE: a folder holding the @iconify/json tarball (default: fetched with npm). A GPU
+# machine that reaches no registry needs it brought along (the withicons-*.json files alone,
+# as package/json/*.json in iconify-json-2.2.553.tgz, are 25 MB) and resvg-py's wheel
+# (PIP_FIND_LINKS=DIR PIP_NO_INDEX=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/gpu_icons}
@@ -31,7 +34,7 @@ CACHE=()
 mkdir -p "$OUT"
 START=$(date +%s)
 "$PY" train.py icons --out "$OUT/data" --size "$SIZE" --objects "$OBJECTS" "test_size=$TEST_SIZE" \
-  "${CACHE[@]}"
+  "workers=$(nproc)" "${CACHE[@]}"
 echo "data: $(( $(date +%s) - START )) s" | tee "$OUT/data_seconds.txt"
 "$PY" train.py icons-judge --data "$OUT/data" --steps "$JUDGE_STEPS" --size 64
 "$PY" train.py all --data "$OUT/data/split_0/train" --eval-data "$OUT/data/split_0/heldout" \

@@ -147,8 +147,13 @@ def test_held_out_cells_at_the_grid_size_are_balanced():
     assert choose_cells(objects, styles, 0) != choose_cells(objects, styles, 1)
 
 
-def test_data_command_errors_name_the_problem(tmp_path):
+def test_data_command_errors_name_the_problem(tmp_path, monkeypatch, capsys):
     assert train.main(["icons", "--out", str(tmp_path), "--size", "8"]) == 2
+    monkeypatch.setattr("shutil.which", lambda name: None)  # no npm, no tarball in the cache
+    argv = ["icons", "--out", str(tmp_path / "y"), f"cache={tmp_path / 'empty'}"]
+    assert train.main(argv) == 2
+    assert "npm is needed" in capsys.readouterr().err
+    monkeypatch.undo()
     config = IconsConfig(out=str(tmp_path / "x"), cache=str(tmp_path), sets=("nosuch",))
     write_tarball(tmp_path)
     with pytest.raises(ValueError, match="nosuch"):

@@ -1,7 +1,7 @@
 """The icon grid: real colour drawings of the same objects in many styles (SPEC section 3).
 
-Source: npm's `@iconify/json` (PACKAGE_VERSION, pinned), its 26 `withicons-*` sets: 1,000 named
-icons, each drawn in every set's style (anime, clay, retro, ...), SVG, MIT licensed (each set's
+Source: npm's `@iconify/json` (2.2.553, pinned), its 26 `withicons-*` sets: 1,000 named icons,
+each drawn in every set's style (anime, clay, retro, ...), SVG, MIT licensed (each set's
 `info.license`). `python train.py icons --out DIR --size 64` fetches the package with `npm pack`
 (the tarball only: no node_modules), installs the rasteriser `resvg-py` when it is missing, and
 renders every kept icon flattened on white:
@@ -16,12 +16,12 @@ renders every kept icon flattened on white:
     DIR/split_SEED/cells.json     the held-out cells and as many seen cells, for the benchmark
     DIR/icons.json                the objects, styles, package version and licences
 
-Which names are objects (documented rule, `is_object`): a name is an interface glyph and left out
+Which names are objects (the rule of `object_names`): a name is an interface glyph and left out
 when one of its dash-separated words is in GLYPH_WORDS (arrows, alignment, text formatting,
 charts, signs, media controls, plain geometric marks); of the rest, a name that extends another
 kept name (`bell-ring` of `bell`, `file-check` of `file`) or is another's plural (`files`) is a
 variant drawn from it with a small badge, and left out too, so that every object looks unlike
-every other. 457 objects remain of 1,000.
+every other. 458 objects remain of 1,000.
 
 Held-out cells (`split_SEED`): every object loses exactly one of its styles, chosen by the seed
 so that each style loses as many objects as any other (within one): 1/26 of the cells, and every
