@@ -176,13 +176,14 @@ def train_judge(
     return judge
 
 
-def test_images(data: Path, size: int) -> tuple[list[list[str]], torch.Tensor]:
-    """Every cell as rendered at another size (DIR/test_*), resized to `size`."""
+def test_images(data: Path, size: int) -> tuple[str, list[list[str]], torch.Tensor]:
+    """(the folder's name, cells, images): every cell as rendered at another size
+    (DIR/test_*), resized to `size`."""
     folders = sorted(data.glob("test_*"))
     if not folders:
         raise FileNotFoundError(f"{str(data)!r} holds no test_SIZE renderings")
     cells, _, _ = all_cells(data)
-    return cells, to_tensor(load_images(folders[0], cells, size))
+    return folders[0].name, cells, to_tensor(load_images(folders[0], cells, size))
 
 
 def zoom(images: torch.Tensor, factor: float) -> torch.Tensor:
@@ -198,8 +199,7 @@ def judge_accuracy(judge: IconJudge, data: str | Path) -> dict:
     """The judge on drawings it did not train on: every cell rendered at DIR/test_SIZE's size
     and resized, as is and zoomed in by 1.15 (the centre 87%)."""
     data = Path(data)
-    cells, images = test_images(data, judge.config.image_size)
-    folder = sorted(data.glob("test_*"))[0].name
+    folder, cells, images = test_images(data, judge.config.image_size)
     report = {}
     for name, shown in ((folder, images), (f"{folder}_zoom1.15", zoom(images, 1.15))):
         scores = score_cells(judge, shown, cells)
