@@ -329,6 +329,7 @@ def test_vq_quantizer_takes_the_nearest_unit_codebook_vector():
 def test_dead_vq_codes_move_onto_encoder_vectors():
     torch.manual_seed(0)
     quantizer = VectorQuantizer(in_width=4, codebook_size=5, code_width=3)
+    torch.nn.init.normal_(quantizer.codebook)  # as DiscreteVAE does: torch.empty may hold NaN
     features = torch.randn(2, 4, 2, 2)
     usage = torch.tensor([4.0, 0.0, 1.0, 0.0, 2.0])
     live = quantizer.codebook[[0, 2, 4]].clone()
