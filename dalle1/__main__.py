@@ -155,9 +155,10 @@ def run_eval_icons(args: argparse.Namespace) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> None:
-    from dalle1.serve import serve  # gradio is imported only for the page
+    from dalle1.serve import Limits, serve  # gradio is imported only for the page
 
-    serve(args.run, args.clip, args.host, args.port, args.device)
+    limits = Limits(args.max_upload_mib, args.max_pixels, args.max_decoded_mib, args.max_candidates)
+    serve(args.run, args.clip, args.host, args.port, args.device, args.auth_file, limits)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -233,6 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default local)")
     serve.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    serve.add_argument(
+        "--auth-file",
+        help="a file of USER:PASSWORD lines: the page asks for one (do use it with --host 0.0.0.0)",
+    )
+    limit = serve.add_argument_group("what one request may cost")
+    limit.add_argument("--max-upload-mib", type=float, default=20, help="upload size (default 20)")
+    limit.add_argument("--max-pixels", type=int, default=4096 * 4096, help="(default 4096x4096)")
+    limit.add_argument(
+        "--max-decoded-mib", type=float, default=64, help="an image decoded (default 64)"
+    )
+    limit.add_argument("--max-candidates", type=int, default=512, help="(default 512)")
     serve.set_defaults(handler=run_serve)
     return parser
 

@@ -18,6 +18,7 @@ one batch of 2B rows, each row with its own cache entries.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,11 @@ class SamplingConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on the CPU), fp32 or bf16
 
     def __post_init__(self) -> None:
+        numbers = {"temperature": self.temperature, "top_p": self.top_p}
+        numbers["guidance_scale"] = self.guidance_scale
+        for name, value in numbers.items():  # NaN passes every comparison below
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError(
                 "temperature must be >= 0, top_k >= 0 and top_p in (0, 1], got "

@@ -6,15 +6,19 @@
     About this run  which image tokenizer, text tokenizer and CLIP, grid, sizes, training steps
 
 `Studio` holds what the page does, as plain methods that the tests call without a browser; bad
-input (an empty caption, an unreadable or oversized image) raises `gradio.Error`, which the page
-shows as a message while the server keeps serving. Requests queue: one sampling at a time.
-The same functions are the HTTP API gradio exposes (`/gradio_api/call/sample`, `.../complete`).
+input (an empty caption, an unreadable or oversized image, a number out of range) raises
+`gradio.Error`, which the page shows as a message and the log as one line, while the server
+keeps serving. Every event (sampling, completing, previews) waits in one queue: one request at
+a time on the model. `Limits` bounds what one request may cost; uploads are deleted after a
+while. The same functions are the HTTP API gradio exposes (`/gradio_api/call/sample`, ...).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import logging
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gradio as gr
@@ -29,8 +33,30 @@ from dalle1.pipeline import Pipeline, read_run_parts
 from dalle1.sampling import SamplingConfig
 from pretrained import read_model_config, resolve_model_folder
 
+logger = logging.getLogger(__name__)
+
 DISPLAY_SIDE = 256  # images are enlarged (nearest neighbour) to at least this many pixels
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+ONE_QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}  # every event, one at a time
+
+
+@dataclass
+class Limits:
+    """What one request to the page may cost."""
+
+    upload_mib: float = 20  # an uploaded file's size (gradio refuses larger uploads)
+    pixels: int = 4096 * 4096  # an image's pixels
+    decoded_mib: float = 64  # its bytes once decoded: a 16-bit image takes twice an 8-bit one's
+    candidates: int = 512  # candidates per request
+    upload_lifetime_s: int = 600  # uploads are deleted this long after they arrive
+
+    def describe(self) -> str:
+        return (
+            f"uploads up to {self.upload_mib:g} MiB, images up to {self.pixels} pixels and "
+            f"{self.decoded_mib:g} MiB decoded, up to {self.candidates} candidates, one request "
+            f"at a time; uploads are deleted after {self.upload_lifetime_s} s"
+        )
 
 
 def held_out_images(run: Path, limit: int = 12) -> list[Path]:
@@ -59,8 +85,8 @@ def enlarged(image: Image.Image) -> Image.Image:
 class Studio:
     """The page's functions over one loaded pipeline."""
 
-    def __init__(self, pipe: Pipeline, run: str | Path) -> None:
-        self.pipe, self.run = pipe, Path(run)
+    def __init__(self, pipe: Pipeline, run: str | Path, limits: Limits | None = None) -> None:
+        self.pipe, self.run, self.limits = pipe, Path(run), limits or Limits()
         self.held_out = held_out_images(self.run)
 
     def facts(self) -> str:
@@ -132,6 +158,11 @@ class Studio:
         caption, n, keep = (caption or "").strip(), int(n), int(keep)
         if not caption:
             raise _error("Type a caption first.")
+        if not (1 <= n <= self.limits.candidates and keep >= 1):
+            raise _error(
+                f"Candidates must lie in [1, {self.limits.candidates}] and images kept be at "
+                f"least 1, got {n} and {keep}."
+            )
         config = self._sampling(temperature, top_k, top_p, guidance)
         options = {"n": n, "keep": min(keep, n), "config": config, "seed": int(seed)}
         options["progress"] = self._progress(progress, n)
@@ -146,11 +177,14 @@ class Studio:
 
     def read_picture(self, uploaded, held_out) -> torch.Tensor:
         """(3, S, S) in [0, 1] from an uploaded file or a held-out image's path."""
-        path = uploaded or held_out
+        path, limits = uploaded or held_out, self.limits
         if not path:
             raise _error("Upload an image or pick one of the run's held-out images.")
-        try:  # the data layer's decoding, with its decompression-bomb guard
-            return read_image(path, self.pipe.image_tokenizer.image_size)
+        try:  # the data layer's decoding, with its decompression-bomb guards
+            if Path(path).stat().st_size > limits.upload_mib * 2**20:
+                raise BadSample(f"the file is over the limit of {limits.upload_mib:g} MiB")
+            size, most = self.pipe.image_tokenizer.image_size, int(limits.decoded_mib * 2**20)
+            return read_image(path, size, limits.pixels, most)
         except (BadSample, OSError) as err:
             raise _error(f"Cannot use this image: {err}") from err
 
@@ -165,12 +199,30 @@ class Studio:
 
 
 def _error(message: str) -> gr.Error:
+    """A refused request: a message on the page and one line in the log, no traceback."""
+    logger.warning("refused: %s", message)
     return gr.Error(message, print_exception=False)
+
+
+def _one_line_refusals(component):
+    """A gradio input whose own checks (a number out of range, a value not among the choices)
+    refuse with _error, where gradio would print a traceback for each."""
+    check = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return check(payload)
+        except gr.Error as err:
+            raise _error(err.message) from None
+
+    component.preprocess = preprocess
+    return component
 
 
 def build_app(studio: Studio):
     """The gradio page over a Studio: two tabs, the settings they share, the run's facts."""
-    with gr.Blocks(title="dalle1") as app:
+    lifetime = studio.limits.upload_lifetime_s  # checked as often as that, at least every minute
+    with gr.Blocks(title="dalle1", delete_cache=(min(60, lifetime), lifetime)) as app:
         gr.Markdown("# dalle1: text to image, reranked by CLIP")
         with gr.Tab("Sample"):
             sample = _sample_tab()
@@ -180,8 +232,10 @@ def build_app(studio: Studio):
             settings = _settings(studio)
         with gr.Accordion("About this run", open=False, elem_id="about"):
             gr.Markdown(studio.facts())
+        for component in [complete["held_out"], complete["rows"], *settings]:
+            _one_line_refusals(component)
         _connect(studio, sample, complete, settings)
-    return app.queue(default_concurrency_limit=1)  # one sampling at a time on the model
+    return app.queue()
 
 
 def _gallery(label: str, elem_id: str):
@@ -223,14 +277,15 @@ def _complete_tab(studio: Studio) -> dict:
 def _settings(studio: Studio) -> list:
     """candidates, kept, temperature, top-k, top-p, guidance, seed: Studio's *settings."""
     codebook, run = studio.pipe.dalle.config.codebook_size, studio.pipe.sampling
+    most = studio.limits.candidates
     return [  # the sampling settings start at the run's
-        gr.Slider(1, 512, value=32, step=1, label="Candidates"),
+        gr.Slider(1, most, value=min(32, most), step=1, label="Candidates"),
         gr.Slider(1, 64, value=8, step=1, label="Images kept"),
         gr.Slider(0.0, 2.0, value=run.temperature, step=0.05, label="Temperature (0: greedy)"),
         gr.Slider(0, codebook, value=run.top_k, step=1, label="Top-k (0: all)"),
         gr.Slider(0.05, 1.0, value=run.top_p, step=0.05, label="Top-p (1: all)"),
         gr.Slider(1.0, 5.0, value=run.guidance_scale, step=0.25, label="Guidance (1: off)"),
-        gr.Number(value=0, precision=0, label="Seed", elem_id="seed"),
+        gr.Number(value=0, precision=0, minimum=0, maximum=2**63 - 1, label="Seed", elem_id="seed"),
     ]
 
 
@@ -244,17 +299,67 @@ def _connect(studio: Studio, sample: dict, complete: dict, settings: list) -> No
     def run_complete(file, chosen, kept, text, *values, progress=gr.Progress()):  # noqa: B008
         return studio.complete(file, chosen, kept, text, *values, progress=progress)
 
-    inputs = [sample["caption"], *settings]
-    sample["button"].click(run_sample, inputs, sample["gallery"], api_name="sample")
-    sample["caption"].submit(run_sample, inputs, sample["gallery"], api_name=False)
+    inputs, shown = [sample["caption"], *settings], sample["gallery"]
+    sample["button"].click(run_sample, inputs, shown, api_name="sample", **ONE_QUEUE)
+    sample["caption"].submit(run_sample, inputs, shown, api_name=False, **ONE_QUEUE)
     picture = [complete["uploaded"], complete["held_out"], complete["rows"]]
     for source in picture:
-        source.change(studio.preview, picture, complete["preview"], api_name=False)
-    inputs = [*picture, complete["caption"], *settings]
-    complete["button"].click(run_complete, inputs, complete["gallery"], api_name="complete")
+        source.change(studio.preview, picture, complete["preview"], api_name=False, **ONE_QUEUE)
+    inputs, shown = [*picture, complete["caption"], *settings], complete["gallery"]
+    complete["button"].click(run_complete, inputs, shown, api_name="complete", **ONE_QUEUE)
 
 
-def serve(run: str, clip: str | None, host: str, port: int, device: str = "auto") -> None:
-    """Load the run (a clear error if it does not load), then serve until interrupted."""
-    pipe = Pipeline.load(run, clip, device)
-    build_app(Studio(pipe, run)).launch(server_name=host, server_port=port, show_error=True)
+def read_auth_file(path: str) -> list[tuple[str, str]]:
+    """USER:PASSWORD lines -> [(user, password)]; a clear error for a file without any."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read the auth file {path}: {err}") from err
+    pairs = [tuple(line.strip().split(":", 1)) for line in lines if line.strip()]
+    if not pairs or any(len(pair) != 2 or not all(pair) for pair in pairs):
+        raise ValueError(f"the auth file {path} must hold USER:PASSWORD lines, one per user")
+    return pairs
+
+
+def listening_notice(host: str, auth: bool, limits: Limits) -> str | None:
+    """What a server listening beyond this machine says at start; None on localhost."""
+    if host in LOCAL_HOSTS:
+        return None
+    who = "users of --auth-file only" if auth else "anyone, with no password (see --auth-file)"
+    return (
+        f"warning: listening on {host}: every machine that reaches this one can use the page, "
+        f"{who}. Each request: {limits.describe()}."
+    )
+
+
+def launch(studio: Studio, host: str, port: int, auth=None, block: bool = True):
+    """Serve the page over a Studio, saying so first when it listens beyond localhost; with
+    block=False, return the app once it listens (tests close it)."""
+    notice = listening_notice(host, auth is not None, studio.limits)
+    if notice:
+        print(notice, file=sys.stderr, flush=True)
+    app = build_app(studio)
+    app.launch(
+        server_name=host,
+        server_port=port,
+        show_error=True,
+        auth=auth,
+        max_file_size=int(studio.limits.upload_mib * 2**20),
+        prevent_thread_lock=not block,
+    )
+    return app
+
+
+def serve(
+    run: str,
+    clip: str | None,
+    host: str,
+    port: int,
+    device: str = "auto",
+    auth_file: str | None = None,
+    limits: Limits | None = None,
+) -> None:
+    """Load the run (a clear error if it or the auth file does not load), then serve until
+    interrupted."""
+    auth = read_auth_file(auth_file) if auth_file else None
+    launch(Studio(Pipeline.load(run, clip, device), run, limits), host, port, auth)

@@ -70,6 +70,16 @@ def test_bad_images_raise_bad_sample(data, reason):
         decode_image(data)
 
 
+def test_the_decoded_size_is_bounded_by_bytes_as_well_as_pixels():
+    grey16 = Image.fromarray(np.full((600, 600), 40000, dtype=np.uint16))  # 2 bytes a pixel
+    grey8 = Image.new("L", (600, 600), 156)  # 1 byte a pixel
+    limit = 600 * 600 * 3 // 2
+    assert np.asarray(decode_image(encode(grey8), max_bytes=limit))[0, 0, 0] == 156
+    assert np.asarray(decode_image(encode(grey16)))[0, 0, 0] == 156  # 40000 / 65535 of 255
+    with pytest.raises(BadSample, match="600x600 I;16 pixels take 1 MiB decoded, over"):
+        decode_image(encode(grey16), max_bytes=limit)
+
+
 def test_captions_are_lines_and_bad_ones_raise():
     assert decode_caption(b"a red circle\n\n a blue square \n") == [
         "a red circle",

@@ -116,3 +116,11 @@ def test_each_caption_keeps_its_own_prefix(tiny_dalle, random_batch):
         assert torch.equal(together[2 * i : 2 * i + 2, :5], prefixes[i].expand(2, -1))
     with pytest.raises(ValueError, match=r"prefix must be \(m,\) or \(C=3, m\)"):
         sample_candidates(model, text, 2, greedy, prefix=prefixes[:2])
+
+
+@pytest.mark.parametrize("name", ["temperature", "top_p", "guidance_scale"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_settings_are_refused_where_they_enter(name, value):
+    # NaN passes every range comparison: it must be refused before any sampling runs.
+    with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+        SamplingConfig(**{name: value})

@@ -10,12 +10,15 @@ import urllib.request
 from pathlib import Path
 
 import gradio as gr
+import httpx
+import numpy as np
 import pytest
-from helpers import bomb_png
+from helpers import bomb_png, encode
+from PIL import Image
 
 from dalle1.__main__ import main as dalle1_main
 from dalle1.pipeline import Pipeline
-from dalle1.serve import Studio, build_app
+from dalle1.serve import Limits, Studio, build_app, launch, listening_notice
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = (
@@ -83,6 +86,81 @@ def test_the_page_tells_the_runs_facts(studio):
 def test_a_run_that_does_not_load_stops_at_start(tmp_path, capsys):
     assert dalle1_main(["serve", "--run", str(tmp_path)]) == 2
     assert "neither a model folder" in capsys.readouterr().err
+
+
+def test_one_request_may_cost_only_so_much_and_each_refusal_is_one_log_line(
+    dalle_run, tmp_path, caplog
+):
+    limits = Limits(upload_mib=0.05, decoded_mib=0.5, candidates=8)
+    studio = Studio(Pipeline.load(dalle_run), dalle_run, limits)
+    noise = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    big = tmp_path / "big.png"
+    big.write_bytes(encode(Image.fromarray(noise)))  # ~120 KB on disk
+    deep = tmp_path / "deep.png"  # 600x600 16-bit grey: 8 KB on disk, 0.7 MiB decoded
+    deep.write_bytes(encode(Image.fromarray(np.full((600, 600), 9000, dtype=np.uint16))))
+    refusals = [
+        (lambda: studio.sample("a red circle", 9, 3, 1.0, 0, 1.0, 1.0, 0), r"in \[1, 8\]"),
+        (lambda: studio.sample("a circle", 6, 3, float("nan"), 0, 1.0, 1.0, 0), "finite"),
+        (lambda: studio.complete(str(big), None, 2, "a red circle", *SETTINGS), "0.05 MiB"),
+        (lambda: studio.complete(str(deep), None, 2, "a circle", *SETTINGS), "MiB decoded"),
+        (lambda: temperature.preprocess(5.0), "greater than maximum"),  # the page's own check
+    ]
+    page = build_app(studio).blocks.values()
+    temperature = next(b for b in page if str(getattr(b, "label", "")).startswith("Temperature"))
+    for call, message in refusals:
+        caplog.clear()
+        with pytest.raises(gr.Error, match=message) as refused:
+            call()
+        assert not refused.value.print_exception  # gradio prints no traceback for it
+        assert [r.getMessage()[:9] for r in caplog.records] == ["refused: "]
+
+
+def test_every_event_waits_in_one_queue(studio):
+    app = build_app(studio)
+    assert len(app.fns) >= 5  # sample, its caption's submit, complete, three previews
+    assert {(fn.concurrency_id, fn.concurrency_limit) for fn in app.fns.values()} == {("model", 1)}
+
+
+def test_uploads_are_bounded_and_deleted_and_a_password_can_be_required(dalle_run, capsys):
+    limits = Limits(upload_mib=0.05, upload_lifetime_s=1)
+    studio = Studio(Pipeline.load(dalle_run), dalle_run, limits)
+    assert listening_notice("127.0.0.1", False, limits) is None
+    port = free_port()
+    app = launch(studio, "127.0.0.1", port, block=False)
+    try:
+        url = f"http://127.0.0.1:{port}/gradio_api/upload"
+        small = encode(Image.new("RGB", (16, 16), (200, 0, 0)))
+        kept = httpx.post(url, files={"files": ("small.png", small, "image/png")})
+        path = Path(kept.json()[0])
+        assert path.is_file()
+        too_big = httpx.post(url, files={"files": ("big.png", b"0" * 60_000, "image/png")})
+        assert too_big.status_code == 413
+        deadline = time.time() + 20
+        while path.exists() and time.time() < deadline:
+            time.sleep(0.5)
+        assert not path.exists(), "an upload outlived its lifetime"
+    finally:
+        app.close()
+
+    port = free_port()  # every interface, with a password: it says so first
+    app = launch(studio, "0.0.0.0", port, auth=[("ann", "secret")], block=False)
+    try:
+        assert "listening on 0.0.0.0" in capsys.readouterr().err
+        config = f"http://127.0.0.1:{port}/config"
+        assert httpx.get(config).status_code == 401
+        with httpx.Client() as client:
+            login = {"username": "ann", "password": "secret"}
+            assert client.post(f"http://127.0.0.1:{port}/login", data=login).status_code == 200
+            assert client.get(config).status_code == 200
+    finally:
+        app.close()
+
+
+def test_a_bad_auth_file_stops_the_server_at_start(dalle_run, tmp_path, capsys):
+    auth = tmp_path / "auth.txt"
+    auth.write_text("ann-without-a-password\n")
+    assert dalle1_main(["serve", "--run", str(dalle_run), "--auth-file", str(auth)]) == 2
+    assert "USER:PASSWORD lines" in capsys.readouterr().err
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageMode, ImageOps
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +29,18 @@ class BadSample(Exception):
     """A sample that cannot be used; the message says why."""
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def decoded_bytes(image: Image.Image) -> int:
+    """The bytes an opened (not yet decoded) image takes once decoded, from its size and mode."""
+    mode = ImageMode.getmode(image.mode)
+    return image.width * image.height * np.dtype(mode.typestr).itemsize * len(mode.bands)
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, max_bytes: int = 0) -> Image.Image:
     """File bytes -> RGB image, with EXIF orientation applied.
 
     Greyscale, palette, CMYK and 16-bit images become 8-bit RGB; transparent pixels are laid on
-    white. Raises BadSample for empty, corrupt, truncated or oversized (decompression bomb) data.
+    white. Raises BadSample for empty, corrupt, truncated or oversized (decompression bomb) data:
+    more than max_pixels pixels, or (max_bytes > 0) more than max_bytes once decoded.
     """
     if not data:
         raise BadSample("empty file")
@@ -45,6 +52,12 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
                 raise BadSample(
                     f"{image.width}x{image.height} pixels exceeds the limit of {max_pixels} "
                     "(possible decompression bomb)"
+                )
+            if max_bytes and decoded_bytes(image) > max_bytes:
+                raise BadSample(
+                    f"{image.width}x{image.height} {image.mode} pixels take "
+                    f"{decoded_bytes(image) / 2**20:.0f} MiB decoded, over the limit of "
+                    f"{max_bytes / 2**20:.0f} MiB"
                 )
             image.load()  # decode now, so truncated data fails here
             image = ImageOps.exif_transpose(image)
@@ -61,9 +74,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB; alpha is composited on white."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         # 16-bit (or float) greyscale: scale to 8 bits instead of clipping at 255.
-        values = np.asarray(image, dtype=np.float64)
+        values = np.array(image, dtype=np.float32)  # a copy, scaled in place: one at a time
         top = 1.0 if image.mode == "F" and values.max() <= 1.0 else 65535.0
-        image = Image.fromarray((values / top * 255).clip(0, 255).round().astype(np.uint8))
+        values *= 255 / top
+        image = Image.fromarray(values.clip(0, 255, out=values).round(out=values).astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -131,9 +145,11 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)  # HWC -> CHW
 
 
-def read_image(path: str | Path, size: int) -> torch.Tensor:
-    """An image file -> (3, size, size) float in [0, 1], centre-cropped. Raises BadSample."""
-    return to_tensor(resize_and_crop(decode_image(Path(path).read_bytes()), size, None))
+def read_image(path: str | Path, size: int, max_pixels: int = MAX_PIXELS, max_bytes: int = 0):
+    """An image file -> (3, size, size) float in [0, 1], centre-cropped. Raises BadSample
+    (limits: as decode_image's)."""
+    image = decode_image(Path(path).read_bytes(), max_pixels, max_bytes)
+    return to_tensor(resize_and_crop(image, size, None))
 
 
 class SkipLog:
