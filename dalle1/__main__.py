@@ -3,6 +3,7 @@
 Commands:
     sample CAPTION ...   draw n images per caption, rerank them with CLIP, save the best as a grid
     complete CAPTION     keep the top rows of an image, sample the rest, rerank, save a grid
+    edit CAPTION         regenerate a box or a masked region of an image, rerank, save a grid
     eval                 generate for a shapes suite and judge every candidate
     eval-icons           generate for the icon grid's held-out and seen cells, judge each
     judge DIR            score every NAME.png in DIR against its NAME.json (the shapes benchmark)
@@ -21,10 +22,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from dalle1.data.transforms import BadSample, read_image
+from dalle1.data.transforms import (
+    BadSample,
+    decode_image,
+    read_image,
+    resize_and_crop,
+    to_tensor,
+)
 from dalle1.icons.benchmark import evaluate_icons, load_judge, report_table
 from dalle1.images import make_grid, save_image
 from dalle1.pipeline import Pipeline
+from dalle1.regions import box_mask, highlight, parse_box, read_mask, to_model_size
 from dalle1.sampling import SamplingConfig
 from dalle1.shapes.benchmark import SUITES, evaluate_suite
 from dalle1.shapes.judge import judge_folder
@@ -114,6 +122,37 @@ def run_complete(args: argparse.Namespace) -> None:
         )
     write_results(images, scores, Path(args.out), args.save_each, "completion", first=image)
     print(f"{args.out}: the original, then {len(images)} of {args.n} completions")
+
+
+def run_edit(args: argparse.Namespace) -> None:
+    pipe = Pipeline.load(args.run, args.clip, args.device)
+    path, size = Path(args.image), pipe.image_tokenizer.image_size
+    if not path.is_file():
+        raise FileNotFoundError(f"image {str(path)!r} not found")
+    try:
+        picture = decode_image(path.read_bytes())
+    except BadSample as err:
+        raise ValueError(f"cannot read the image {str(path)!r}: {err}") from err
+    if args.box:  # in the file's pixels, then resized and cropped as the image is
+        mask = box_mask(parse_box(args.box), picture.height, picture.width)
+    else:
+        mask = read_mask(args.mask, picture.height, picture.width)
+    image, region = to_tensor(resize_and_crop(picture, size, None)), to_model_size(mask, size)
+    with tqdm(total=args.n, unit="image", desc="editing") as bar:
+        images, scores = pipe.edit(
+            image,
+            region,
+            args.caption,
+            n=args.n,
+            keep=args.keep,
+            config=sampling_config(args, pipe.sampling),
+            seed=args.seed,
+            progress=bar.update,
+            dilate=not args.no_dilate,
+        )
+    shown = highlight(image, region)
+    write_results(images, scores, Path(args.out), args.save_each, "edit", first=shown)
+    print(f"{args.out}: the image (region in red), then {len(images)} of {args.n} edits")
 
 
 def run_eval(args: argparse.Namespace) -> None:
@@ -279,6 +318,30 @@ def add_generation_commands(commands) -> None:
     add_output_arguments(complete, "completion.png")
     add_sampling_arguments(complete)
     complete.set_defaults(handler=run_complete)
+
+    edit = commands.add_parser(
+        "edit",
+        help="regenerate a region of an image",
+        description="Encode IMAGE, sample the code cells of a region (a box or a mask) given "
+        "CAPTION while every other cell keeps its code, rank the candidates by CLIP and by how "
+        "well the kept cells after the region fit them, and write the image (region in red) "
+        "beside the best KEEP.",
+    )
+    edit.add_argument("caption", help="what the region should show, in the whole picture")
+    edit.add_argument("--image", required=True, help="the image to edit")
+    where = edit.add_mutually_exclusive_group(required=True)
+    where.add_argument("--box", help="X0,Y0,X1,Y1: the region in the image's pixels")
+    where.add_argument("--mask", help="an image of IMAGE's size: non-black pixels are the region")
+    edit.add_argument(
+        "--no-dilate",
+        action="store_true",
+        help="sample only the cells the region touches (default: one cell more on every side, "
+        "so that seams blend)",
+    )
+    add_model_arguments(edit)
+    add_output_arguments(edit, "edit.png")
+    add_sampling_arguments(edit)
+    edit.set_defaults(handler=run_edit)
 
 
 def add_benchmark_commands(commands) -> None:

@@ -3,6 +3,7 @@
     pipe = Pipeline.load("runs/demo/dalle")          # a transformer run folder
     images, scores = pipe.sample("a red circle above a blue square", n=64, keep=8)
     images, scores = pipe.complete(picture, rows=4, caption="...", n=64, keep=8)
+    images, scores = pipe.edit(picture, (x0, y0, x1, y1), "...", n=64, keep=8)  # any region
 
 A transformer run's config.yaml names its image tokenizer, text tokenizer and (optionally) CLIP
 run; the sizes of all four must agree, or loading says which one does not fit.
@@ -17,14 +18,35 @@ import torch
 import yaml
 from einops import rearrange
 
-from dalle1.clip import CLIP, rerank
+from dalle1.clip import CLIP, clip_scores, rerank
 from dalle1.config import from_dict
 from dalle1.device import pick_device
-from dalle1.sampling import SamplingConfig, sample_candidates
+from dalle1.regions import box_mask, cell_region
+from dalle1.sampling import SamplingConfig, fill_candidates, sample_candidates
 from dalle1.tokenizer import TextTokenizer
 from dalle1.transformer import DALLE
 from pretrained import resolve_model_folder
 from vqvae import ImageTokenizer, load_image_tokenizer
+
+LIKELIHOOD_WEIGHT = 1.0  # of an edit's kept-cell likelihood beside CLIP (edit_scores)
+
+
+def standardised(x: torch.Tensor) -> torch.Tensor:
+    """(N,) -> zero mean, unit spread over the N (all zero when they do not differ)."""
+    spread = x.std() if len(x) > 1 else x.new_tensor(0.0)
+    return (x - x.mean()) / spread if spread > 0 else torch.zeros_like(x)
+
+
+def edit_scores(
+    similarity: torch.Tensor | None, loglik: torch.Tensor, weight: float = LIKELIHOOD_WEIGHT
+) -> torch.Tensor:
+    """(N,) scores of an edit's candidates, higher is better: CLIP's similarity to the caption
+    and the kept cells' log-likelihood, each standardised over the N so that neither scale
+    dominates, summed with `weight` on the likelihood. Without CLIP: the likelihood alone."""
+    fit = standardised(loglik.float())
+    if similarity is None:
+        return fit
+    return standardised(similarity.float()) + weight * fit
 
 
 def read_run_config(checkpoint: Path) -> dict:
@@ -130,13 +152,7 @@ class Pipeline:
         generator = torch.Generator(self.device).manual_seed(seed)
         config = config or self.sampling
         codes = sample_candidates(self.dalle, text, n, config, prefix, generator, progress)
-        grid = self.dalle.config.grid
-        images = torch.cat(
-            [
-                self.image_tokenizer.decode(rearrange(part, "n (h w) -> n h w", h=grid))
-                for part in codes.split(64)
-            ]
-        )
+        images = self.decode(codes)
         results = []
         for caption, candidates in zip(captions, images.split(n), strict=True):
             if self.clip is None:  # no reranker: in drawing order
@@ -155,6 +171,65 @@ class Pipeline:
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """(3, S, S) in [0, 1] -> (h, w) codes."""
         return self.image_tokenizer.encode(image[None].to(self.device))[0]
+
+    @torch.no_grad()
+    def edit(
+        self,
+        image: torch.Tensor,
+        region: torch.Tensor | tuple[int, int, int, int],
+        caption: str,
+        n: int = 64,
+        keep: int | None = None,
+        config: SamplingConfig | None = None,
+        seed: int = 0,
+        progress=None,
+        dilate: bool = True,
+        likelihood_weight: float = LIKELIHOOD_WEIGHT,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Regenerate a region of the image for the caption; every other code cell is kept.
+
+        image: (3, S, S) in [0, 1] at the image tokenizer's size; region: an (S, S) bool mask
+        or a box (x0, y0, x1, y1) in its pixels (dalle1/regions.py; dilate: grow it by one
+        cell). The cells of the region are sampled in raster order, the kept ones read as they
+        are. Candidates are ranked by edit_scores: CLIP's similarity to the caption and the
+        log-likelihood of the kept cells that follow the region (chosen without seeing them).
+        Returns (images (keep, 3, S, S), scores (keep,)), best first.
+        """
+        grid, size = self.dalle.config.grid, self.image_tokenizer.image_size
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        if isinstance(region, tuple):
+            region = box_mask(region, size, size)
+        if region.shape != (size, size):
+            raise ValueError(f"the region mask must be {size}x{size}, got {tuple(region.shape)}")
+        if not caption or not caption.strip():
+            raise ValueError("the caption is empty")
+        cells = cell_region(region.cpu(), grid, dilate).flatten().to(self.device)
+        text = self.tokenizer.encode_batch([caption]).to(self.device)
+        codes = self.encode_image(image).flatten()
+        generator = torch.Generator(self.device).manual_seed(seed)
+        codes, loglik = fill_candidates(
+            self.dalle,
+            text.expand(n, -1),
+            codes.expand(n, -1),
+            ~cells,
+            config or self.sampling,
+            generator,
+            progress,
+        )
+        images = self.decode(codes)
+        similarity = None
+        if self.clip is not None:
+            similarity = clip_scores(self.clip, self.clip_tokenizer, images, caption)
+        scores = edit_scores(similarity, loglik.cpu(), likelihood_weight)
+        order = torch.sort(scores, descending=True, stable=True).indices[:keep]
+        return images[order], scores[order]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """(N, h*w) codes -> (N, 3, S, S) images in [0, 1], 64 at a time."""
+        grid = self.dalle.config.grid
+        parts = [rearrange(part, "n (h w) -> n h w", h=grid) for part in codes.split(64)]
+        return torch.cat([self.image_tokenizer.decode(part) for part in parts])
 
     def complete(self, image: torch.Tensor, rows: int, caption: str, **options):
         """Keep the top `rows` rows of the image's codes, sample the rest, rerank.

@@ -170,9 +170,43 @@ def generate(
     never modified. use_cache=False reruns the whole prefix at every cell (for tests and
     measurements).
     """
+    cells = model.config.grid**2
+    codes, given = starting_codes(text.shape[0], cells, prefix, text.device)
+    keep = torch.arange(cells) < given
+    return fill(model, text, codes, keep, config, generator, use_cache)[0]
+
+
+@torch.no_grad()
+def fill(
+    model: DALLE,
+    text: torch.Tensor,
+    codes: torch.Tensor,
+    keep: torch.Tensor,
+    config: SamplingConfig | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample the cells that are not kept, in raster order; kept cells are read as they are
+    (teacher forcing), so any region costs one generation.
+
+    text: (B, T) ids; codes: (B, h*w) holding the kept cells' codes; keep: (h*w,) bool, the
+    same cells kept in every row. Returns (B, h*w) codes (kept cells unchanged) and (B,) the
+    log-likelihood of the kept cells after the first sampled one, each given the caption and
+    every cell before it: how well the sampled cells fit what follows them, which they were
+    drawn without seeing. The inputs are never modified.
+    """
     config = config or SamplingConfig()
     device, batch, cells = text.device, text.shape[0], model.config.grid**2
-    codes, given = starting_codes(batch, cells, prefix, device)
+    if keep.shape != (cells,) or codes.shape != (batch, cells):
+        raise ValueError(
+            f"keep must be ({cells},) and codes ({batch}, {cells}), got "
+            f"{tuple(keep.shape)} and {tuple(codes.shape)}"
+        )
+    kept = keep.tolist()
+    if all(kept):
+        raise ValueError("no cell to sample: the region is empty")
+    codes, given = codes.clone(), kept.index(False)  # cells before `given` are one prefix
+    loglik = torch.zeros(batch, device=device)
     guided = config.guidance_scale != 1.0
     if guided:  # rows B..2B: the same cells from the padding-only text
         text = torch.cat([text, padding_text(model, batch, device)])
@@ -180,18 +214,21 @@ def generate(
     def both(x: torch.Tensor) -> torch.Tensor:  # the same codes for the guided halves
         return torch.cat([x, x]) if guided else x
 
-    def pick_cell(logits: torch.Tensor) -> torch.Tensor:  # (rows, K) -> (B,) codes
+    def take_cell(cell: int, logits: torch.Tensor) -> None:  # (rows, K) logits of `cell`
+        cond, uncond = logits[:batch], logits[batch:]
+        if kept[cell]:
+            loglik.add_(cond.log_softmax(-1).gather(1, codes[:, cell : cell + 1])[:, 0])
+            return
         if guided:
-            cond, uncond = logits.chunk(2)
             logits = uncond + config.guidance_scale * (cond - uncond)
-        return pick(logits, config, generator)
+        codes[:, cell] = pick(logits, config, generator)
 
     with autocast(autocast_dtype(config.precision, device), device):
         if not use_cache:
             for cell in range(given, cells):
                 x = model.embed(text, model.image_inputs(both(codes[:, :cell])))
-                codes[:, cell] = pick_cell(model.image_head(model.run_blocks(x)[:, -1]).float())
-            return codes
+                take_cell(cell, model.image_head(model.run_blocks(x)[:, -1]).float())
+            return codes, loglik
         inputs = model.image_inputs(both(codes[:, :given]))
         rows = text.shape[0]
         share = shared_rows(torch.cat([text, inputs], dim=1))  # e.g. one caption's candidates
@@ -207,8 +244,8 @@ def generate(
             if cell > given:
                 position = torch.tensor([cell], device=device) if compiled else cell
                 logits = step(model, both(codes[:, cell - 1 : cell]), position, cache)
-            codes[:, cell] = pick_cell(logits)
-    return codes
+            take_cell(cell, logits)
+    return codes, loglik
 
 
 def bytes_per_row(model: DALLE, config: SamplingConfig, device: torch.device) -> int:
@@ -238,9 +275,8 @@ def sample_candidates(
     generator: torch.Generator | None = None,
     progress=None,
 ) -> torch.Tensor:
-    """n candidates per caption, config.batch_size rows at a time (0: chosen from the free
-    memory); the rows of several captions share batches, so many captions with few candidates
-    each still fill them.
+    """n candidates per caption, in batches (fill_candidates); the rows of several captions
+    share batches, so many captions with few candidates each still fill them.
 
     text: (T,) ids of one caption or (C, T) of C; prefix: codes of the first m cells kept in
     the candidates, (m,) for every caption or (C, m) one per caption, or None. Returns
@@ -258,16 +294,35 @@ def sample_candidates(
                 f"prefix must be (m,) or (C={len(text)}, m) codes, got {tuple(prefix.shape)}"
             )
         prefix = prefix.repeat_interleave(n, dim=0)  # (C n, m)
+    cells = model.config.grid**2
+    codes, given = starting_codes(len(rows), cells, prefix, rows.device)
+    keep = torch.arange(cells) < given
+    return fill_candidates(model, rows, codes, keep, config, generator, progress)[0]
+
+
+def fill_candidates(
+    model: DALLE,
+    rows: torch.Tensor,
+    codes: torch.Tensor,
+    keep: torch.Tensor,
+    config: SamplingConfig | None = None,
+    generator: torch.Generator | None = None,
+    progress=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fill() over many rows, config.batch_size at a time (0: batches of equal size within
+    half the free memory). rows: (R, T) ids; codes: (R, h*w); keep: (h*w,) bool. Returns
+    (R, h*w) codes and (R,) log-likelihoods of the kept cells after the first sampled one."""
+    config = config or SamplingConfig()
     if config.batch_size:
         sizes = config.batch_size
-    else:  # batches of equal size, within the memory
+    else:
         count = batch_count(model, len(rows), config, rows.device)
         sizes = [len(part) for part in torch.arange(len(rows)).tensor_split(count)]
-    parts = rows.split(sizes)
-    prefixes = prefix.split(sizes) if prefix is not None else [None] * len(parts)
-    out = []
-    for part, part_prefix in zip(parts, prefixes, strict=True):
-        out.append(generate(model, part, config, part_prefix, generator))
+    out, logliks = [], []
+    for part, part_codes in zip(rows.split(sizes), codes.split(sizes), strict=True):
+        filled, loglik = fill(model, part, part_codes, keep, config, generator)
+        out.append(filled)
+        logliks.append(loglik)
         if progress is not None:
             progress(len(part))
-    return torch.cat(out)
+    return torch.cat(out), torch.cat(logliks)

@@ -3,6 +3,8 @@
     Sample tab      caption, settings -> the reranked images, best first, each with its CLIP score
     Complete tab    an uploaded image or one of the run's held-out images, the code rows to keep
                     (drawn as a line on it) -> the original beside the reranked completions
+    Edit tab        the same pictures, a box to regenerate (sliders; red on a preview) -> the
+                    picture beside the reranked edits
     About this run  which image tokenizer, text tokenizer and CLIP, grid, sizes, training steps
 
 `Studio` holds what the page does, as plain methods that the tests call without a browser; bad
@@ -30,6 +32,7 @@ from dalle1.data import is_token_cache
 from dalle1.data.transforms import BadSample, read_image
 from dalle1.images import to_pil
 from dalle1.pipeline import Pipeline, read_run_parts
+from dalle1.regions import box_mask, highlight
 from dalle1.sampling import SamplingConfig
 from pretrained import read_model_config, resolve_model_folder
 
@@ -153,7 +156,27 @@ class Studio:
         picture = self.read_picture(uploaded, held_out)
         return self._draw(caption, settings, progress, picture, int(rows))
 
-    def _draw(self, caption, settings, progress, picture=None, rows: int = 0) -> list:
+    def edit(self, uploaded, held_out, x0, y0, x1, y1, caption, *settings, progress=None):
+        """The picture with its region in red, then the reranked edits of the region (a box in
+        the picture's pixels at the model's size; settings: as for sample())."""
+        picture = self.read_picture(uploaded, held_out)
+        return self._draw(caption, settings, progress, picture, region=self._box(x0, y0, x1, y1))
+
+    def edit_preview(self, uploaded, held_out, x0, y0, x1, y1) -> Image.Image | None:
+        """The picture with the region to regenerate in red."""
+        if not (uploaded or held_out):
+            return None
+        picture = self.read_picture(uploaded, held_out)
+        return enlarged(to_pil(highlight(picture, self._box(x0, y0, x1, y1))))
+
+    def _box(self, x0, y0, x1, y1) -> torch.Tensor:
+        size = self.pipe.image_tokenizer.image_size
+        try:
+            return box_mask((int(x0), int(y0), int(x1), int(y1)), size, size)
+        except ValueError as err:
+            raise _error(f"Cannot use this region: {err}") from err
+
+    def _draw(self, caption, settings, progress, picture=None, rows: int = 0, region=None):
         n, keep, temperature, top_k, top_p, guidance, seed = settings
         caption, n, keep = (caption or "").strip(), int(n), int(keep)
         if not caption:
@@ -169,8 +192,11 @@ class Studio:
         try:
             if picture is None:
                 images, scores = self.pipe.sample(caption, **options)
-            else:
+            elif region is None:
                 images, scores = self.pipe.complete(picture, rows, caption, **options)
+            else:
+                images, scores = self.pipe.edit(picture, region, caption, **options)
+                picture = highlight(picture, region)
         except ValueError as err:
             raise _error(str(err)) from err
         return self._gallery(images, scores, first=picture)
@@ -220,7 +246,7 @@ def _one_line_refusals(component):
 
 
 def build_app(studio: Studio):
-    """The gradio page over a Studio: two tabs, the settings they share, the run's facts."""
+    """The gradio page over a Studio: three tabs, the settings they share, the run's facts."""
     lifetime = studio.limits.upload_lifetime_s  # checked as often as that, at least every minute
     with gr.Blocks(title="dalle1", delete_cache=(min(60, lifetime), lifetime)) as app:
         gr.Markdown("# dalle1: text to image, reranked by CLIP")
@@ -228,13 +254,17 @@ def build_app(studio: Studio):
             sample = _sample_tab()
         with gr.Tab("Complete"):
             complete = _complete_tab(studio)
+        with gr.Tab("Edit"):
+            edit = _edit_tab(studio)
         with gr.Accordion("Settings", open=False, elem_id="settings"):
             settings = _settings(studio)
         with gr.Accordion("About this run", open=False, elem_id="about"):
             gr.Markdown(studio.facts())
-        for component in [complete["held_out"], complete["rows"], *settings]:
+        for component in [complete["held_out"], complete["rows"], edit["held_out"], *edit["box"]]:
             _one_line_refusals(component)
-        _connect(studio, sample, complete, settings)
+        for component in settings:
+            _one_line_refusals(component)
+        _connect(studio, sample, complete, edit, settings)
     return app.queue()
 
 
@@ -251,26 +281,50 @@ def _sample_tab() -> dict:
     }
 
 
-def _complete_tab(studio: Studio) -> dict:
-    grid = studio.pipe.dalle.config.grid
+def _picture_inputs(studio: Studio, tab: str) -> dict:
+    """An upload box and the run's held-out pictures: what a tab works on."""
     with gr.Row():
         uploaded = gr.File(
-            label="Upload an image", file_types=["image"], type="filepath", elem_id="upload"
+            label="Upload an image", file_types=["image"], type="filepath", elem_id=f"{tab}-upload"
         )
         held_out = gr.Dropdown(
             [(p.name, str(p)) for p in studio.held_out],
             label="... or pick one of the run's held-out images",
             value=None,
-            elem_id="held-out",
+            elem_id=f"{tab}-held-out",
         )
-    return {
-        "uploaded": uploaded,
-        "held_out": held_out,
+    return {"uploaded": uploaded, "held_out": held_out}
+
+
+def _complete_tab(studio: Studio) -> dict:
+    grid = studio.pipe.dalle.config.grid
+    return _picture_inputs(studio, "complete") | {
         "rows": gr.Slider(1, grid - 1, value=grid // 2, step=1, label="Code rows kept"),
         "preview": gr.Image(label="Kept above the red line", interactive=False),
         "caption": gr.Textbox(label="Caption", elem_id="completion-caption"),
         "button": gr.Button("Complete", variant="primary", elem_id="complete-button"),
         "gallery": _gallery("Original, then best first", "completions"),
+    }
+
+
+def _edit_tab(studio: Studio) -> dict:
+    size = studio.pipe.image_tokenizer.image_size
+    picture = _picture_inputs(studio, "edit")
+    with gr.Row():  # the box, in the picture's pixels at the model's size; x1, y1 excluded
+        box = [
+            gr.Slider(0, size, value=value, step=1, label=label)
+            for value, label in zip(
+                (size // 4, size // 4, 3 * size // 4, 3 * size // 4),
+                ("Left (x0)", "Top (y0)", "Right (x1)", "Bottom (y1)"),
+                strict=True,
+            )
+        ]
+    return picture | {
+        "box": box,
+        "preview": gr.Image(label="The region to regenerate, in red", interactive=False),
+        "caption": gr.Textbox(label="Caption (of the whole picture)", elem_id="edit-caption"),
+        "button": gr.Button("Edit", variant="primary", elem_id="edit-button"),
+        "gallery": _gallery("The picture, then best first", "edits"),
     }
 
 
@@ -289,8 +343,8 @@ def _settings(studio: Studio) -> list:
     ]
 
 
-def _connect(studio: Studio, sample: dict, complete: dict, settings: list) -> None:
-    """The events; `sample` and `complete` are also the HTTP API's names."""
+def _connect(studio: Studio, sample: dict, complete: dict, edit: dict, settings: list) -> None:
+    """The events; `sample`, `complete` and `edit` are also the HTTP API's names."""
 
     # gradio finds the progress bar as a default argument
     def run_sample(text, *values, progress=gr.Progress()):  # noqa: B008
@@ -299,14 +353,21 @@ def _connect(studio: Studio, sample: dict, complete: dict, settings: list) -> No
     def run_complete(file, chosen, kept, text, *values, progress=gr.Progress()):  # noqa: B008
         return studio.complete(file, chosen, kept, text, *values, progress=progress)
 
+    def run_edit(file, chosen, x0, y0, x1, y1, text, *values, progress=gr.Progress()):  # noqa: B008
+        return studio.edit(file, chosen, x0, y0, x1, y1, text, *values, progress=progress)
+
     inputs, shown = [sample["caption"], *settings], sample["gallery"]
     sample["button"].click(run_sample, inputs, shown, api_name="sample", **ONE_QUEUE)
     sample["caption"].submit(run_sample, inputs, shown, api_name=False, **ONE_QUEUE)
-    picture = [complete["uploaded"], complete["held_out"], complete["rows"]]
-    for source in picture:
-        source.change(studio.preview, picture, complete["preview"], api_name=False, **ONE_QUEUE)
-    inputs, shown = [*picture, complete["caption"], *settings], complete["gallery"]
-    complete["button"].click(run_complete, inputs, shown, api_name="complete", **ONE_QUEUE)
+    for name, tab, run, preview, where in [
+        ("complete", complete, run_complete, studio.preview, [complete["rows"]]),
+        ("edit", edit, run_edit, studio.edit_preview, edit["box"]),
+    ]:
+        picture = [tab["uploaded"], tab["held_out"], *where]
+        for source in picture:
+            source.change(preview, picture, tab["preview"], api_name=False, **ONE_QUEUE)
+        inputs, shown = [*picture, tab["caption"], *settings], tab["gallery"]
+        tab["button"].click(run, inputs, shown, api_name=name, **ONE_QUEUE)
 
 
 def read_auth_file(path: str) -> list[tuple[str, str]]:

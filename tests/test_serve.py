@@ -76,6 +76,17 @@ def test_complete_shows_the_original_then_the_completions(studio):
     assert preview.getpixel((10, 150)) != (230, 0, 0)
 
 
+def test_edit_shows_the_region_then_the_edits(studio):
+    picture = str(studio.held_out[0])
+    shown = studio.edit(None, picture, 0, 0, 8, 8, "a red circle", *SETTINGS)
+    assert [label for _, label in shown][0] == "original" and len(shown) == 4
+    preview = studio.edit_preview(None, picture, 0, 0, 8, 8)  # 16 px enlarged to 256
+    assert preview.getpixel((20, 20))[0] > preview.getpixel((20, 20))[2]  # tinted red
+    assert preview.getpixel((200, 200)) == studio.preview(None, picture, 1).getpixel((200, 200))
+    with pytest.raises(gr.Error, match="Cannot use this region: .* is empty"):
+        studio.edit(None, picture, 8, 0, 8, 8, "a red circle", *SETTINGS)
+
+
 def test_the_page_tells_the_runs_facts(studio):
     facts = studio.facts()
     assert "step 6" in facts and "4x4 codes of 32" in facts and "DiscreteVAE" in facts
@@ -117,7 +128,7 @@ def test_one_request_may_cost_only_so_much_and_each_refusal_is_one_log_line(
 
 def test_every_event_waits_in_one_queue(studio):
     app = build_app(studio)
-    assert len(app.fns) >= 5  # sample, its caption's submit, complete, three previews
+    assert len(app.fns) >= 11  # sample and its caption's submit, complete, edit, 7 previews
     assert {(fn.concurrency_id, fn.concurrency_limit) for fn in app.fns.values()} == {("model", 1)}
 
 
@@ -223,7 +234,8 @@ def test_in_a_browser_a_caption_gives_images_and_a_bad_image_a_message(server, t
         driver.find_element(By.XPATH, "//button[@role='tab'][normalize-space()='Complete']").click()
         broken = tmp_path / "broken.png"
         broken.write_bytes(b"not an image")
-        driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(broken))
+        upload = driver.find_element(By.CSS_SELECTOR, "#complete-upload input[type=file]")
+        upload.send_keys(str(broken))
         driver.find_element(By.CSS_SELECTOR, "#completion-caption textarea").send_keys("a circle")
         driver.find_element(By.CSS_SELECTOR, "#complete-button").click()
         wait.until(lambda d: "Cannot use this image" in d.find_element(By.TAG_NAME, "body").text)
@@ -240,5 +252,18 @@ def test_in_a_browser_a_caption_gives_images_and_a_bad_image_a_message(server, t
         driver.execute_script("arguments[0].click()", button)
         new_first = lambda d: d.find_element(By.CSS_SELECTOR, "#samples img").get_attribute("src")  # noqa: E731
         wait.until(lambda d: new_first(d) != first)
+
+        # The Edit tab: an uploaded picture, the default box shown in red, then the edits.
+        driver.find_element(By.XPATH, "//button[@role='tab'][normalize-space()='Edit']").click()
+        picture = tmp_path / "picture.png"
+        picture.write_bytes(encode(Image.new("RGB", (40, 40), (0, 90, 200))))
+        driver.find_element(By.CSS_SELECTOR, "#edit-upload input[type=file]").send_keys(
+            str(picture)
+        )
+        driver.find_element(By.CSS_SELECTOR, "#edit-caption textarea").send_keys("a red circle")
+        button = driver.find_element(By.CSS_SELECTOR, "#edit-button")
+        driver.execute_script("arguments[0].click()", button)
+        # the picture with its region, then the 8 kept
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#edits img")) == 9)
     finally:
         driver.quit()
