@@ -32,11 +32,12 @@ from PIL import Image, ImageDraw
 from dalle1.icons.benchmark import judge_icon_candidates, load_judge
 from dalle1.icons.data import read_cells
 from dalle1.pipeline import Pipeline
-from dalle1.shapes.benchmark import SUITES, judge_candidates
+from dalle1.shapes.benchmark import SUITES, judge_candidates, suite_folder
 
 KEPT = (4, 32)
 COLOURS = {"single": (31, 119, 180), "pair": (214, 39, 40), "novel": (44, 160, 44)}
-COLOURS |= {"completion": (148, 103, 189), "heldout": (214, 39, 40), "seen": (31, 119, 180)}
+COLOURS |= {"completion": (148, 103, 189), "edit": (255, 127, 14)}
+COLOURS |= {"heldout": (214, 39, 40), "seen": (31, 119, 180)}
 
 
 def curve(judged: list, counts: list[int]) -> dict:
@@ -97,7 +98,7 @@ def draw(curves: dict, counts: list[int], title: str, path: Path, size=(760, 460
 def judged_shapes(pipe, args, config, data: Path):
     """{suite: (per scene (passes (N,) bool, CLIP scores (N,)), failures per attribute)}."""
     for suite in SUITES:
-        folder = data / ("pair" if suite == "completion" else suite)
+        folder = suite_folder(data, suite)
         judged, failures = [], Counter()  # how many candidates fail each attribute
         for scene in judge_candidates(
             pipe, suite, folder, args.scenes, args.candidates, config, args.seed

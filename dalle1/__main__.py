@@ -34,7 +34,7 @@ from dalle1.images import make_grid, save_image
 from dalle1.pipeline import Pipeline
 from dalle1.regions import box_mask, highlight, parse_box, read_mask, to_model_size
 from dalle1.sampling import SamplingConfig
-from dalle1.shapes.benchmark import SUITES, evaluate_suite
+from dalle1.shapes.benchmark import SUITES, evaluate_suite, suite_folder
 from dalle1.shapes.judge import judge_folder
 
 
@@ -157,9 +157,8 @@ def run_edit(args: argparse.Namespace) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     pipe = Pipeline.load(args.run, args.clip, args.device)
-    # The demo's layout: RUN = DEMO/dalle, suites in DEMO/data/SPLIT; completion uses `pair`.
-    split = "pair" if args.suite == "completion" else args.suite
-    folder = args.data or str(Path(args.run).parent / "data" / split)
+    # The demo's layout: RUN = DEMO/dalle, suites in DEMO/data/SPLIT.
+    folder = args.data or str(suite_folder(Path(args.run).parent / "data", args.suite))
     report = evaluate_suite(
         pipe,
         args.suite,

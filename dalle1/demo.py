@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dalle1.config import load_config, save_config
 from dalle1.pipeline import Pipeline
-from dalle1.shapes import SUITES, evaluate_suite, judge_folder
+from dalle1.shapes import SUITES, evaluate_suite, judge_folder, suite_folder
 from dalle1.shapes.scenes import ShapesConfig, write_split
 from dalle1.stages.run_all import CONFIGS, TRAINED, AllStages
 
@@ -95,7 +95,7 @@ def run_benchmark(out: Path, report: dict) -> bool:
     pipe = Pipeline.load(out / "dalle")
     results = {}
     for suite in SUITES:
-        folder = out / "data" / ("pair" if suite == "completion" else suite)
+        folder = suite_folder(out / "data", suite)
         results[suite] = evaluate_suite(
             pipe, suite, folder, EVAL_SCENES, EVAL_CANDIDATES, EVAL_KEEP, save_dir=out / "eval"
         )

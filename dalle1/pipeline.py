@@ -173,31 +173,20 @@ class Pipeline:
         return self.image_tokenizer.encode(image[None].to(self.device))[0]
 
     @torch.no_grad()
-    def edit(
+    def edit_candidates(
         self,
         image: torch.Tensor,
         region: torch.Tensor | tuple[int, int, int, int],
         caption: str,
         n: int = 64,
-        keep: int | None = None,
         config: SamplingConfig | None = None,
         seed: int = 0,
         progress=None,
         dilate: bool = True,
-        likelihood_weight: float = LIKELIHOOD_WEIGHT,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Regenerate a region of the image for the caption; every other code cell is kept.
-
-        image: (3, S, S) in [0, 1] at the image tokenizer's size; region: an (S, S) bool mask
-        or a box (x0, y0, x1, y1) in its pixels (dalle1/regions.py; dilate: grow it by one
-        cell). The cells of the region are sampled in raster order, the kept ones read as they
-        are. Candidates are ranked by edit_scores: CLIP's similarity to the caption and the
-        log-likelihood of the kept cells that follow the region (chosen without seeing them).
-        Returns (images (keep, 3, S, S), scores (keep,)), best first.
-        """
+        """n candidates of an edit in drawing order: (images (n, 3, S, S), (n,) log-likelihoods
+        of the kept cells after the region). Arguments: as edit()'s."""
         grid, size = self.dalle.config.grid, self.image_tokenizer.image_size
-        if keep is not None and keep < 1:
-            raise ValueError(f"keep must be at least 1, got {keep}")
         if isinstance(region, tuple):
             region = box_mask(region, size, size)
         if region.shape != (size, size):
@@ -208,20 +197,40 @@ class Pipeline:
         text = self.tokenizer.encode_batch([caption]).to(self.device)
         codes = self.encode_image(image).flatten()
         generator = torch.Generator(self.device).manual_seed(seed)
+        config = config or self.sampling
+        rows, given = text.expand(n, -1), codes.expand(n, -1)
         codes, loglik = fill_candidates(
-            self.dalle,
-            text.expand(n, -1),
-            codes.expand(n, -1),
-            ~cells,
-            config or self.sampling,
-            generator,
-            progress,
+            self.dalle, rows, given, ~cells, config, generator, progress
         )
-        images = self.decode(codes)
+        return self.decode(codes), loglik.cpu()
+
+    def edit(
+        self,
+        image: torch.Tensor,
+        region: torch.Tensor | tuple[int, int, int, int],
+        caption: str,
+        n: int = 64,
+        keep: int | None = None,
+        likelihood_weight: float = LIKELIHOOD_WEIGHT,
+        **options,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Regenerate a region of the image for the caption; every other code cell is kept.
+
+        image: (3, S, S) in [0, 1] at the image tokenizer's size; region: an (S, S) bool mask
+        or a box (x0, y0, x1, y1) in its pixels (dalle1/regions.py). The cells of the region
+        are sampled in raster order, the kept ones read as they are. Candidates are ranked by
+        edit_scores: CLIP's similarity to the caption and the log-likelihood of the kept cells
+        that follow the region (chosen without seeing them). options: config, seed, progress,
+        dilate (grow the region by one cell; default True). Returns (images (keep, 3, S, S),
+        scores (keep,)), best first.
+        """
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        images, loglik = self.edit_candidates(image, region, caption, n, **options)
         similarity = None
         if self.clip is not None:
             similarity = clip_scores(self.clip, self.clip_tokenizer, images, caption)
-        scores = edit_scores(similarity, loglik.cpu(), likelihood_weight)
+        scores = edit_scores(similarity, loglik, likelihood_weight)
         order = torch.sort(scores, descending=True, stable=True).indices[:keep]
         return images[order], scores[order]
 

@@ -33,7 +33,7 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, capsys):
     assert all(
         report["data"][split]["judge_accuracy"] == 1.0 for split in ("single", "pair", "novel")
     )
-    for suite in ("single", "pair", "novel", "completion"):
+    for suite in ("single", "pair", "novel", "completion", "edit"):
         result = report["benchmark"][suite]
         assert (result["n"], result["candidates"], result["keep"]) == (2, 3, 2)
         # 2 scenes judged: each accuracy is a count of passes over 2, and CLIP's top-1 is
@@ -41,6 +41,8 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, capsys):
         for part in ("first", "reranked"):
             assert result[part]["accuracy"] in (0.0, 0.5, 1.0), (suite, result)
         assert "count" in result["reranked"]["per_attribute"]
+    edit = report["benchmark"]["edit"]  # judged by judge_edit, ranked two ways
+    assert "kept" in edit["first"]["per_attribute"] and edit["combined"]["accuracy"] in (0, 0.5, 1)
     stages = set(report["seconds"])
     assert stages == {
         "data",
@@ -63,6 +65,6 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, capsys):
     assert len(reused) == len(stages), lines
     assert lines[-1].startswith(f"[all] {out}: ") and "minutes (data " in lines[-1]
     table = demo.benchmark_table(report["benchmark"]).splitlines()
-    assert len(table) == 6 and table[2].startswith("| single | ")
+    assert len(table) == 7 and table[2].startswith("| single | ")
     assert f"| {report['benchmark']['pair']['reranked']['accuracy']:.0%} |" in table[3]
     assert json.loads((out / "report.json").read_text())["benchmark"] == report["benchmark"]

@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from dalle1.shapes.judge import connected_components, judge_image, summarize
-from dalle1.shapes.scenes import PALETTE, Scene, SceneObject, make_scene, render
+from dalle1.shapes.judge import connected_components, judge_edit, judge_image, summarize
+from dalle1.shapes.scenes import (
+    PALETTE,
+    Scene,
+    SceneObject,
+    edit_request,
+    make_scene,
+    render,
+)
 
 S = 64
 HOLDOUT = {("red", "triangle"), ("blue", "circle")}
@@ -172,3 +179,29 @@ def test_connected_components_join_diagonals_only_where_they_touch():
     mask[5, 7] = True  # touches row 4
     sizes = sorted(len(c) for c in connected_components(mask))
     assert sizes == [1, 2, 3, 9]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_an_edit_passes_only_with_the_new_object_in_the_box_and_the_other_kept(index):
+    scene = make_scene("pair", index, 0, HOLDOUT)
+    spec = scene.spec(S)
+    box, caption, edited = edit_request(spec, f"pair_{index}", ["red:triangle", "blue:circle"])
+    a, b = scene.objects
+    new = edited["objects"][1]
+    assert (new["colour"], new["shape"]) not in HOLDOUT | {(a.colour, a.shape)}
+    assert new["colour"] != a.colour and new["shape"] != b.shape
+    assert f"{new['colour']} {new['shape']}" in caption and f"{a.colour} {a.shape}" in caption
+    x0, y0, x1, y1 = box  # around B, away from A's centre
+    assert x0 < b.cx - b.side / 2 and b.cx + b.side / 2 < x1 and y0 < b.cy - b.side / 2
+    assert not (x0 <= a.cx <= x1 and y0 <= a.cy <= y1)
+
+    replaced = dataclasses.replace(b, colour=new["colour"], shape=new["shape"])
+    assert judge_edit(render(Scene([a, replaced], caption, scene.relation), S), edited)["pass"]
+    unedited = judge_edit(render(scene, S), edited)
+    assert not unedited["pass"] and "kept" not in unedited["failures"]
+    # The new object drawn, but the kept one moved or gone: the edit fails on `kept`.
+    moved = dataclasses.replace(a, cx=a.cx + 0.08 * (1 if a.cx < 0.5 else -1))
+    drifted = judge_edit(render(Scene([moved, replaced], caption, scene.relation), S), edited)
+    assert "kept" in drifted["failures"]
+    gone = judge_edit(render(Scene([replaced], caption), S), edited)
+    assert "kept" in gone["failures"] and "count" in gone["failures"]

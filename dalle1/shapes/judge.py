@@ -14,7 +14,7 @@ alpha >= 0.5 are foreground; their 8-connected components are the objects. For e
 
 A picture passes only if every attribute its spec names holds and there is no extra object. The
 judge is the benchmark, so every tolerance is tight: an object between two cells or between two
-sizes fails.
+sizes fails. An edit (judge_edit) also passes only if the object outside its region stayed.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ MIN_COLOUR_PURITY = 0.8  # share of an object's pixels that carry its colour
 SIZE_TOLERANCE = {"small": 0.05, "large": 0.06}  # units of S, around SIZES
 CELL_TOLERANCE = 0.1  # units of S, around a row / column centre
 RELATION_MARGIN = 0.1  # units of S
-ATTRIBUTES = ("count", "colour", "shape", "size", "position", "relation")
+KEPT_TOLERANCE = 0.05  # units of S: how far an object outside an edit's region may move
+ATTRIBUTES = ("count", "colour", "shape", "size", "position", "relation", "kept")
 
 
 @dataclass
@@ -311,6 +312,30 @@ def judge_image(image: Image.Image, spec: dict) -> dict:
         "checked": checked,
         "found": [asdict(o) for o in detected],
     }
+
+
+def judge_edit(image: Image.Image, spec: dict) -> dict:
+    """Judge an edited picture: the edited scene's spec as judge_image does, and the object
+    spec["kept"] (outside the region) still there: its colour and shape within KEPT_TOLERANCE
+    of where it was (attribute `kept`)."""
+    result = judge_image(image, spec)
+    want, canvas = spec["objects"][spec["kept"]], spec["canvas"]
+    cx, cy = (c / canvas for c in want["center_px"])
+    stayed = any(
+        o["colour"] == want["colour"]
+        and o["shape"] == want["shape"]
+        and abs(o["cx"] - cx) <= KEPT_TOLERANCE
+        and abs(o["cy"] - cy) <= KEPT_TOLERANCE
+        for o in result["found"]
+    )
+    result["checked"].append("kept")
+    if not stayed:
+        result["failures"]["kept"] = (
+            f"the {want['colour']} {want['shape']} outside the region is no longer at "
+            f"({cx:.2f}, {cy:.2f}) S"
+        )
+        result["pass"] = False
+    return result
 
 
 def summarize(results: dict[str, dict]) -> dict:

@@ -197,6 +197,40 @@ def make_scene(
     return sample_pair(rng, seen) if rng.random() < pair_fraction else sample_single(rng, seen)
 
 
+EDIT_MARGIN = 0.03  # units of S around the replaced object's box
+
+
+def edit_request(spec: dict, name: str, holdout: list[str]) -> tuple[tuple, str, dict]:
+    """The `edit` suite's task for a two-object scene: replace object B by another (colour,
+    shape) that is not held out, of a colour A does not have, keeping A and the relation.
+
+    Returns (the box around B in units of S: (x0, y0, x1, y1), the caption of the edited
+    scene, its spec with "kept": 0, the index of the object outside the box).
+    """
+    if len(spec["objects"]) != 2 or not spec.get("relation"):
+        raise ValueError(f"{name}: the edit suite needs two-object scenes (the pair split)")
+    a, b = spec["objects"]
+    held = parse_pairs(holdout)
+    choices = [
+        (colour, shape)
+        for colour, shape in all_pairs()
+        if (colour, shape) not in held
+        and colour not in (a["colour"], b["colour"])
+        and shape != b["shape"]
+    ]
+    colour, shape = random.Random(f"edit/{name}").choice(choices)
+    canvas = spec["canvas"]
+    (cx, cy), half = (c / canvas for c in b["center_px"]), b["side_px"] / canvas / 2 + EDIT_MARGIN
+    box = (cx - half, cy - half, cx + half, cy + half)
+    phrase = RELATION_PHRASES[spec["relation"]][0]
+    caption = PAIR_TEMPLATES[0].format(
+        a=f"{a['colour']} {a['shape']}", b=f"{colour} {shape}", rel=phrase
+    )
+    edited = {**spec, "caption": caption, "kept": 0}
+    edited["objects"] = [a, {**b, "colour": colour, "shape": shape}]
+    return box, caption, edited
+
+
 def render(scene: Scene, size: int) -> Image.Image:
     """Draw `scene` on a white S x S RGB canvas (rendered at 4x, Lanczos-downsampled)."""
     big = size * SUPERSAMPLE
