@@ -120,7 +120,14 @@ def run_all(args: argparse.Namespace) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    run_pipeline_demo(args.out, args.size, args.holdout, not args.no_eval, seed=args.seed)
+    run_pipeline_demo(
+        args.out,
+        args.size,
+        args.holdout,
+        not args.no_eval,
+        seed=args.seed,
+        incontext_share=args.incontext_share,
+    )
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -279,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--seed", type=int, default=0, help="seed of every training stage (the data stays)"
+    )
+    demo.add_argument(
+        "--incontext-share",
+        type=float,
+        default=0.0,
+        help="share of two-panel in-context scenes in the training data (default 0)",
     )
     demo.add_argument("--no-eval", action="store_true", help="skip the benchmark at the end")
     demo.set_defaults(run=run_demo)

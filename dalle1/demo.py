@@ -21,17 +21,22 @@ from dalle1.shapes.scenes import ShapesConfig, write_split
 from dalle1.stages.run_all import CONFIGS, TRAINED, AllStages
 
 SPLIT_SIZES = {"train": 32000, "single": 200, "pair": 200, "novel": 200}
+SPLIT_SIZES |= {"incontext": 200, "incontext_novel": 200}
 TOKENIZER_VOCAB = 400  # the shapes captions use about 40 words; 256 ids are byte fallback
 EVAL_SCENES, EVAL_CANDIDATES, EVAL_KEEP = 50, 16, 4
 
 
-def make_data(out: Path, size: int, pairs: list[str], report: dict) -> bool:
+def make_data(
+    out: Path, size: int, pairs: list[str], report: dict, incontext_share: float = 0.0
+) -> bool:
     made = False
     for split, n in SPLIT_SIZES.items():
         folder = out / "data" / split
         if (folder / f"{split}_config.yaml").is_file():
             continue
         values = {"out": str(folder), "n": n, "size": size, "split": split, "holdout": pairs}
+        if split == "train":
+            values["incontext_fraction"] = incontext_share
         config = load_config(ShapesConfig, None, (), values)
         write_split(config)
         made_split = report.setdefault("data", {})[split] = {"n": n}
@@ -53,8 +58,10 @@ def run_demo(
     evaluate: bool = True,
     configs: Path = CONFIGS,
     seed: int = 0,
+    incontext_share: float = 0.0,
 ) -> dict:
-    """seed: of every training stage (weights, data order, noise); the data is always the same."""
+    """seed: of every training stage (weights, data order, noise); the data is always the same.
+    incontext_share: of two-panel in-context scenes among the training scenes."""
     out, pairs = Path(out), [s for s in holdout.split(",") if s]
     data = out / "data"
     overrides = [f"{kind}.model.image_size={size}" for kind in ("vqvae", "clip")]
@@ -62,7 +69,7 @@ def run_demo(
     run = AllStages(
         out, str(data / "train"), str(data / "pair"), "shapes", overrides, TOKENIZER_VOCAB, configs
     )
-    run.stage("data", lambda: make_data(out, size, pairs, run.report))
+    run.stage("data", lambda: make_data(out, size, pairs, run.report, incontext_share))
     run.run([read_caption(data / s, i) for s in ("single", "pair", "novel") for i in (0, 1)])
     if evaluate:
         run.stage("eval", lambda: run_benchmark(out, run.report))

@@ -205,3 +205,25 @@ def test_an_edit_passes_only_with_the_new_object_in_the_box_and_the_other_kept(i
     assert "kept" in drifted["failures"]
     gone = judge_edit(render(Scene([replaced], caption), S), edited)
     assert "kept" in gone["failures"] and "count" in gone["failures"]
+
+
+INCONTEXT_HELD = {("recolour", "triangle"), ("reshape", "square"), ("mirror", "circle")}
+
+
+@pytest.mark.parametrize("split", ["incontext", "incontext_novel"])
+def test_clean_incontext_renders_pass_and_wrong_bottoms_fail(split):
+    for index in range(12):
+        scene = make_scene(split, index, 0, HOLDOUT, 0.5, 0.0, INCONTEXT_HELD)
+        assert judge(scene)["pass"], (scene.caption, judge(scene)["failures"])
+        top, bottom = scene.objects
+        copied = dataclasses.replace(top, cy=bottom.cy)  # the top, untransformed, below
+        assert not judge(Scene([top, copied], scene.caption), scene)["pass"]
+        other = next(c for c in PALETTE if c not in (top.colour, bottom.colour))
+        wrong = dataclasses.replace(bottom, colour=other)
+        assert "colour" in judge(Scene([top, wrong], scene.caption), scene)["failures"]
+        shifted = dataclasses.replace(bottom, cx=bottom.cx + 0.15 * (1 if bottom.cx < 0.5 else -1))
+        assert "position" in judge(Scene([top, shifted], scene.caption), scene)["failures"]
+        assert "count" in judge(Scene([top], scene.caption), scene)["failures"]
+        extra = dataclasses.replace(top, cx=1 - top.cx, colour=other)
+        if abs(top.cx - 0.5) > 0.2:  # room for a second object in the top panel
+            assert "count" in judge(Scene([top, extra, bottom], scene.caption), scene)["failures"]

@@ -9,8 +9,10 @@ from dalle1.shapes.scenes import (
     COLUMNS,
     PAIR_SIDE,
     PALETTE,
+    PANEL_SIDE,
     ROWS,
     SIZES,
+    TRANSFORMS,
     ShapesConfig,
     make_scene,
     parse_pairs,
@@ -129,3 +131,46 @@ def test_bad_settings_are_refused(kwargs, message):
 def test_parse_pairs_accepts_text_and_lists():
     assert parse_pairs("red:triangle, blue:circle") == HOLDOUT
     assert parse_pairs(["red:triangle"]) == {("red", "triangle")}
+
+
+COMBINATIONS = {("recolour", "triangle"), ("reshape", "square"), ("mirror", "circle")}
+
+
+def incontext(split, n=300, fraction=0.0):
+    return [make_scene(split, i, 0, HOLDOUT, 0.5, fraction, COMBINATIONS) for i in range(n)]
+
+
+def test_incontext_scenes_transform_the_top_object_below_and_hold_out_combinations():
+    kinds = {"seen": set(), "novel": set()}
+    for group, split in (("seen", "incontext"), ("novel", "incontext_novel")):
+        for scene in incontext(split):
+            top, bottom = scene.objects
+            kind = scene.transform["kind"]
+            kinds[group].add((kind, top.shape))
+            assert top.cy < 0.5 - PANEL_SIDE / 2 and abs(bottom.cy - top.cy - 0.5) < 1e-9
+            for obj in (top, bottom):  # every object a seen (colour, shape)
+                assert (obj.colour, obj.shape) not in HOLDOUT
+            if kind == "recolour":
+                assert bottom.colour != top.colour and bottom.shape == top.shape
+                assert bottom.colour in scene.caption and bottom.cx == top.cx
+            elif kind == "reshape":
+                assert bottom.shape != top.shape and bottom.colour == top.colour
+                assert bottom.shape in scene.caption
+            else:
+                assert abs(bottom.cx - (1 - top.cx)) < 1e-9 and abs(top.cx - 0.5) > 0.2
+    assert kinds["novel"] == COMBINATIONS
+    assert kinds["seen"] and not kinds["seen"] & COMBINATIONS
+    assert {k for k, _ in kinds["seen"]} == set(TRANSFORMS)
+
+
+def test_train_takes_its_share_of_incontext_scenes_and_none_held_out():
+    mixed = incontext("train", 400, fraction=0.25)
+    panels = [s for s in mixed if s.transform]
+    assert 0.15 < len(panels) / len(mixed) < 0.35
+    assert not {(s.transform["kind"], s.objects[0].shape) for s in panels} & COMBINATIONS
+    # With no share the training scenes are those drawn before in-context scenes existed.
+    plain = incontext("train", 50)
+    assert [s.caption for s in plain] == [s.caption for s in scenes("train", 50)]
+    assert not any(s.transform for s in plain)
+    with pytest.raises(ValueError, match="TRANSFORM:SHAPE"):
+        ShapesConfig(incontext_holdout=["rotate:circle"])

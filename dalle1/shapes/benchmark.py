@@ -5,7 +5,9 @@ For each of n scenes of the suite (its caption and spec), draw `candidates` imag
 - reranked: accuracy of CLIP's top-1 among the candidates;
 - kept: mean accuracy over CLIP's best `keep`;
 each overall and per attribute. The completion suite gives the model the top half of each held-out
-scene's codes with its caption, and judges the whole picture. The edit suite boxes one object of
+scene's codes with its caption, and judges the whole picture; so do the in-context suites, whose
+top half is an object and whose caption asks for it transformed below (judge.judge_incontext;
+`incontext_novel`: combinations held out of training). The edit suite boxes one object of
 each two-object scene, asks for another object there (scenes.edit_request) and judges the edit
 (judge.judge_edit: the other object must stay); it adds `combined`: the top-1 by CLIP and the
 kept cells' likelihood together (Pipeline.edit's ranking).
@@ -33,7 +35,8 @@ from dalle1.sampling import SamplingConfig
 from dalle1.shapes.judge import judge_edit, judge_image, summarize
 from dalle1.shapes.scenes import ShapesConfig, edit_request
 
-SUITES = ("single", "pair", "novel", "completion", "edit")
+SUITES = ("single", "pair", "novel", "completion", "edit", "incontext", "incontext_novel")
+PREFIX_SUITES = ("completion", "incontext", "incontext_novel")  # the top half is given
 
 
 def suite_folder(data: str | Path, suite: str) -> Path:
@@ -94,7 +97,7 @@ def judge_candidates(
         for first in range(0, len(scenes), per_call):
             chunk = scenes[first : first + per_call]
             prefix = None
-            if suite == "completion":
+            if suite in PREFIX_SUITES:
                 given = [read_image(folder / f"{name}.png", size) for name, _, _ in chunk]
                 codes = pipe.image_tokenizer.encode(torch.stack(given).to(pipe.device))
                 prefix = codes[:, :rows].flatten(1)  # (C, rows * w): each scene's top rows

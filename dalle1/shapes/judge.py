@@ -14,7 +14,9 @@ alpha >= 0.5 are foreground; their 8-connected components are the objects. For e
 
 A picture passes only if every attribute its spec names holds and there is no extra object. The
 judge is the benchmark, so every tolerance is tight: an object between two cells or between two
-sizes fails. An edit (judge_edit) also passes only if the object outside its region stayed.
+sizes fails. An edit (judge_edit) also passes only if the object outside its region stayed. A
+two-panel in-context picture (judge_incontext) passes when its bottom object is its top object,
+as read from the pixels, transformed as the caption asks.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ SIZE_TOLERANCE = {"small": 0.05, "large": 0.06}  # units of S, around SIZES
 CELL_TOLERANCE = 0.1  # units of S, around a row / column centre
 RELATION_MARGIN = 0.1  # units of S
 KEPT_TOLERANCE = 0.05  # units of S: how far an object outside an edit's region may move
+PANEL_TOLERANCE = 0.1  # units of S: how far an in-context bottom object may sit from its place
 ATTRIBUTES = ("count", "colour", "shape", "size", "position", "relation", "kept")
 
 
@@ -267,11 +270,13 @@ def _relation_holds(relation: str, a: DetectedObject, b: DetectedObject) -> bool
 
 
 def judge_image(image: Image.Image, spec: dict) -> dict:
-    """Judge one picture against its spec.
+    """Judge one picture against its spec (an in-context spec: judge_incontext).
 
     Returns {"pass": bool, "failures": {attribute: reason}, "checked": [attributes],
     "found": [detected objects]}.
     """
+    if spec.get("transform"):
+        return judge_incontext(image, spec)
     detected, stray = detect_objects(image)
     wanted = spec["objects"]
     # Match asked-for objects to detections: the assignment with the fewest failures.
@@ -312,6 +317,45 @@ def judge_image(image: Image.Image, spec: dict) -> dict:
         "checked": checked,
         "found": [asdict(o) for o in detected],
     }
+
+
+def judge_incontext(image: Image.Image, spec: dict) -> dict:
+    """Judge a two-panel picture: one object in each half, and the bottom one the top one as
+    read from the pixels, transformed by spec["transform"] (recolour: its colour; reshape: its
+    shape; mirror: x -> 1 - x), half a canvas lower, within PANEL_TOLERANCE. The top must differ
+    from what the transform asks (another colour or shape; mirrored: off the centre line), so
+    that a copy of it never passes."""
+    detected, stray = detect_objects(image)
+    top = [o for o in detected if o.cy < 0.5]
+    bottom = [o for o in detected if o.cy >= 0.5]
+    failures = {}
+    if len(top) != 1 or len(bottom) != 1:
+        failures["count"] = (
+            f"expected one object in each panel, found {len(top)} above, {len(bottom)} below"
+        )
+    elif stray > MAX_STRAY_AREA:
+        failures["count"] = f"stray marks cover {stray:.3f} S^2 outside the objects"
+    checked = ["count", "colour", "shape", "position"]
+    if not (top and bottom):
+        missing = "no object above" if not top else "no object below"
+        failures |= {attribute: missing for attribute in checked[1:]}
+        return {"pass": False, "failures": failures, "checked": checked, "found": []}
+    a, b, transform = top[0], bottom[0], spec["transform"]
+    colour, shape = transform.get("colour", a.colour), transform.get("shape", a.shape)
+    mirrored = transform["kind"] == "mirror"
+    x = 1 - a.cx if mirrored else a.cx
+    if b.colour is None or b.colour != colour or (a.colour == colour) == ("colour" in transform):
+        failures["colour"] = f"the top is {a.colour}, below is {b.colour}; wanted {colour} below"
+    if b.shape is None or b.shape != shape or (a.shape == shape) == ("shape" in transform):
+        failures["shape"] = f"the top is a {a.shape}, below a {b.shape}; wanted a {shape} below"
+    placed = abs(b.cx - x) <= PANEL_TOLERANCE and abs(b.cy - a.cy - 0.5) <= PANEL_TOLERANCE
+    if not placed or (mirrored and abs(a.cx - 0.5) <= PANEL_TOLERANCE):
+        failures["position"] = (
+            f"the top at ({a.cx:.2f}, {a.cy:.2f}) S, below at ({b.cx:.2f}, {b.cy:.2f}) S; "
+            f"wanted below at ({x:.2f}, {a.cy + 0.5:.2f}) S"
+        )
+    found = [asdict(o) for o in detected]
+    return {"pass": not failures, "failures": failures, "checked": checked, "found": found}
 
 
 def judge_edit(image: Image.Image, spec: dict) -> dict:

@@ -37,9 +37,19 @@ COLUMNS = ("left", "center", "right")
 CELL_CENTRES = (0.25, 0.5, 0.75)  # centre of each row / column, in units of S
 JITTER = 0.04  # each centre coordinate moves uniformly by up to this, in units of S
 RELATIONS = ("left of", "right of", "above", "below")
+# In-context scenes (two panels): the top half holds one object, the bottom half the same object
+# transformed as the caption says. A (transform, shape of the top object) combination can be
+# held out of training and asked for in the `incontext_novel` split.
+TRANSFORMS = ("recolour", "reshape", "mirror")
+TRANSFORM_TEMPLATES = {
+    "recolour": "the same below, in {colour}",
+    "reshape": "the same below, as a {shape}",
+    "mirror": "the same below, mirrored",
+}
+PANEL_SIDE = 0.26  # units of S: one object in a panel of S x S/2
 PAIR_MIN_APART = 0.4  # along the relation's axis, centres at least this far apart
 PAIR_MAX_OFFSET = 0.15  # on the other axis, centres at most this far apart
-SPLITS = ("train", "single", "pair", "novel")
+SPLITS = ("train", "single", "pair", "novel", "incontext", "incontext_novel")
 SUPERSAMPLE = 4  # render at 4x, then Lanczos down: anti-aliased edges
 
 # Caption paraphrases. {where} is a position phrase, {rel} a relation phrase.
@@ -100,20 +110,42 @@ class SceneObject:
 
 @dataclass
 class Scene:
-    """A caption and what it asks for; `relation` goes from objects[0] (A) to objects[1] (B)."""
+    """A caption and what it asks for; `relation` goes from objects[0] (A) to objects[1] (B).
+    In-context scenes: `transform` ({"kind": ..., and its colour or shape}) turns the top
+    panel's object (objects[0]) into the bottom panel's (objects[1])."""
 
     objects: list[SceneObject]
     caption: str
     relation: str | None = None
+    transform: dict | None = None
 
     def spec(self, canvas: int) -> dict:
         """The structured spec saved as NAME.json beside the image; the judge reads it."""
-        return {
+        spec = {
             "canvas": canvas,
             "caption": self.caption,
             "objects": [o.spec(canvas) for o in self.objects],
             "relation": self.relation,
         }
+        if self.transform:
+            spec["transform"] = self.transform
+        return spec
+
+
+def parse_combinations(items: list[str] | str) -> set[tuple[str, str]]:
+    """['mirror:triangle', ...] or 'mirror:triangle,...' -> {(transform, shape of the top)}."""
+    if isinstance(items, str):
+        items = [s for s in items.split(",") if s.strip()]
+    combinations = set()
+    for item in items:
+        transform, sep, shape = item.strip().partition(":")
+        if not sep or transform not in TRANSFORMS or shape not in SHAPES:
+            raise ValueError(
+                f"held-out combination {item!r} must be TRANSFORM:SHAPE with a transform in "
+                f"{list(TRANSFORMS)} and a shape in {list(SHAPES)}"
+            )
+        combinations.add((transform, shape))
+    return combinations
 
 
 def parse_pairs(items: list[str] | str) -> set[tuple[str, str]]:
@@ -178,14 +210,69 @@ def sample_pair(rng: random.Random, pairs: list[tuple[str, str]]) -> Scene:
     return Scene([a, b], caption, relation)
 
 
+def incontext_colours(kind: str, shape: str, pairs: list[tuple[str, str]]) -> list[str]:
+    """Colours a top object of `shape` can take for `kind`, its result staying in `pairs`."""
+    colours = [c for c, s in pairs if s == shape]
+    if kind == "recolour":
+        return colours if len(colours) > 1 else []
+    if kind == "reshape":
+        return [c for c in colours if any(c == c2 and s != shape for c2, s in pairs)]
+    return colours
+
+
+def sample_incontext(
+    rng: random.Random, pairs: list[tuple[str, str]], combinations: list[tuple[str, str]]
+) -> Scene:
+    """Two panels: one object in the top half, the same object transformed below, for a
+    (transform, top shape) of `combinations`; both objects' (colour, shape) in `pairs`."""
+    kind, shape = rng.choice(combinations)
+    colour = rng.choice(incontext_colours(kind, shape, pairs))
+    column = rng.choice((0, 2) if kind == "mirror" else (0, 1, 2))  # a mirrored centre: no change
+    cx = CELL_CENTRES[column] + rng.uniform(-JITTER, JITTER)
+    cy = 0.25 + rng.uniform(-JITTER, JITTER) / 2
+    new_colour, new_shape, new_cx = colour, shape, cx
+    if kind == "recolour":
+        new_colour = rng.choice([c for c, s in pairs if s == shape and c != colour])
+        transform = {"kind": kind, "colour": new_colour}
+    elif kind == "reshape":
+        new_shape = rng.choice([s for c, s in pairs if c == colour and s != shape])
+        transform = {"kind": kind, "shape": new_shape}
+    else:
+        new_cx, transform = 1 - cx, {"kind": kind}
+    top = SceneObject(colour, shape, None, None, None, cx, cy, PANEL_SIDE)
+    bottom = SceneObject(new_colour, new_shape, None, None, None, new_cx, cy + 0.5, PANEL_SIDE)
+    caption = TRANSFORM_TEMPLATES[kind].format(colour=new_colour, shape=new_shape)
+    return Scene([top, bottom], caption, transform=transform)
+
+
+def incontext_combinations(
+    pairs: list[tuple[str, str]], held: set[tuple[str, str]], novel: bool
+) -> list[tuple[str, str]]:
+    """The (transform, top shape) combinations `pairs` can draw, held out (novel) or seen."""
+    drawable = [(k, s) for k in TRANSFORMS for s in SHAPES if incontext_colours(k, s, pairs)]
+    return [c for c in drawable if (c in held) == novel]
+
+
 def make_scene(
-    split: str, index: int, seed: int, holdout: set[tuple[str, str]], pair_fraction: float = 0.5
+    split: str,
+    index: int,
+    seed: int,
+    holdout: set[tuple[str, str]],
+    pair_fraction: float = 0.5,
+    incontext_fraction: float = 0.0,
+    incontext_holdout: set[tuple[str, str]] = frozenset(),
 ) -> Scene:
     """Scene `index` of `split`; the same arguments always give the same scene."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     rng = random.Random(f"shapes/{seed}/{split}/{index}")
     seen = [p for p in all_pairs() if p not in holdout]
+    if split.startswith("incontext") or (incontext_fraction and rng.random() < incontext_fraction):
+        novel = split == "incontext_novel"
+        combinations = incontext_combinations(seen, incontext_holdout, novel)
+        if not combinations:
+            raise ValueError(f"no in-context combination left for the {split} split")
+        return sample_incontext(rng, seen, combinations)
     if split == "novel":
         if not holdout:
             raise ValueError("the novel split needs at least one held-out pair")
@@ -260,9 +347,18 @@ class ShapesConfig:
     n: int = 10000  # number of scenes to write
     size: int = 64  # canvas side S in pixels: a multiple of 8 from 32 to 256
     seed: int = 0  # the same seed gives the same files
-    split: str = "train"  # train (one and two objects), single, pair (seen pairs), novel (held out)
+    # train (one and two objects), single, pair (seen pairs), novel (held-out pairs), incontext
+    # (two panels, seen combinations), incontext_novel (held-out combinations)
+    split: str = "train"
     holdout: list[str] = field(default_factory=lambda: ["red:triangle", "blue:circle"])
     pair_fraction: float = 0.5  # share of two-object scenes in the train split
+    # Share of in-context scenes (two panels: an object, then the same transformed as the
+    # caption says) in the train split; the incontext splits hold only those.
+    incontext_fraction: float = 0.0
+    # (transform, shape of the top object) combinations kept out of train and incontext.
+    incontext_holdout: list[str] = field(
+        default_factory=lambda: ["recolour:triangle", "reshape:square", "mirror:circle"]
+    )
 
     def __post_init__(self) -> None:
         if self.size % 8 or not 32 <= self.size <= 256:
@@ -273,6 +369,11 @@ class ShapesConfig:
             raise ValueError(f"n must be at least 1, got {self.n}")
         if not 0.0 <= self.pair_fraction <= 1.0:
             raise ValueError(f"pair_fraction must lie in [0, 1], got {self.pair_fraction}")
+        if not 0.0 <= self.incontext_fraction < 1.0:
+            raise ValueError(
+                f"incontext_fraction must lie in [0, 1), got {self.incontext_fraction}"
+            )
+        parse_combinations(self.incontext_holdout)
         held = parse_pairs(self.holdout)
         if self.split == "novel" and not held:
             raise ValueError("split 'novel' needs at least one held-out pair (holdout=...)")
@@ -313,8 +414,17 @@ def write_split(config: ShapesConfig, progress: bool = True, workers: int = 0) -
 def write_scenes(config: ShapesConfig, indices: range) -> int:
     """Write the scenes of `indices` (NAME.png, NAME.txt, NAME.json); returns how many."""
     out, holdout = Path(config.out), config.holdout_pairs
+    combinations = parse_combinations(config.incontext_holdout)
     for index in indices:
-        scene = make_scene(config.split, index, config.seed, holdout, config.pair_fraction)
+        scene = make_scene(
+            config.split,
+            index,
+            config.seed,
+            holdout,
+            config.pair_fraction,
+            config.incontext_fraction,
+            combinations,
+        )
         name = f"{config.split}_{index:06d}"
         render(scene, config.size).save(out / f"{name}.png")
         (out / f"{name}.txt").write_text(scene.caption + "\n")
