@@ -1,10 +1,14 @@
 """Multi-head self-attention with the stream's masks, a FlexAttention path and a key/value cache.
 
-Two paths give the same numbers:
+Three paths give the same numbers:
 - dense: scaled_dot_product_attention with the (L, L) boolean mask (every device);
 - flex: FlexAttention with a block mask, compiled, which skips the key blocks a query block never
   sees, so the sparse layers save work. torch compiles it on the first call (tens of seconds).
-  On CPU it has no backward, so CPU training always takes the dense path.
+  On CPU it has no backward;
+- banded (any device, with a backward): the row and conv layers' image queries in blocks of one
+  grid row, each attending to the text and to the band of image keys its window reaches; the
+  column layers' the same in column-major order (permute, attend, permute back). A band of w + 1
+  keys instead of all L: the work follows the mask. Plain causal layers stay dense.
 
 With a cache (sampling), the prefill takes one of these paths and stores its keys and values;
 each decode step then attends to the keys the cache keeps for its layer (dalle1/kv_cache.py).
@@ -13,6 +17,7 @@ each decode step then attends to the keys the cache keeps for its layer (dalle1/
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +35,89 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
-class AttentionMasks:
-    """The masks of one stream layout on one device, built once and shared by all layers."""
+PATHS = ("dense", "flex", "banded")
 
-    def __init__(self, layout: StreamLayout, device: torch.device, use_flex: bool) -> None:
-        self.layout, self.device, self.use_flex = layout, device, use_flex
+
+@dataclass
+class Band:
+    """How one sparse mask's image queries attend in blocks over a band of keys.
+
+    order: (N,) the image cells in the band's order (raster; column-major for the column mask),
+    inverse: its inverse permutation; back: how many image keys before a block's first query its
+    window holds; block: queries per block; allowed: (blocks, block, T + back + block) bool, for
+    each query of each block, which of the text keys and of its window's keys it may attend to
+    (a window starting before the first cell is padded in front and never allowed).
+    """
+
+    order: torch.Tensor
+    inverse: torch.Tensor
+    back: int
+    block: int
+    allowed: torch.Tensor
+
+
+def make_band(layout: StreamLayout, mask: str, device: torch.device) -> Band:
+    """The Band of a row, column or conv mask; built from layout.allowed, so it is exact for any
+    grid and kernel (checked: no allowed key lies outside a query's window)."""
+    text, cells, w = layout.text_length, layout.image_length, layout.grid
+    index = torch.arange(cells, device=device)
+    order = (index % w) * w + index // w if mask == "column" else index
+    position = text + order  # stream positions, in the band's order
+    allowed = layout.allowed(mask, position[:, None], position[None, :])  # (N, N)
+    if (allowed & (index[None, :] > index[:, None])).any():
+        raise ValueError(f"the {mask} mask is not causal in its band order")
+    first = torch.where(allowed, index[None, :], cells).min(1).values  # first key of each query
+    block = w
+    back = int((index - index % block - first).clamp(min=0).max())
+    blocks = cells // block
+    window = (index[:blocks, None] * block - back) + torch.arange(back + block, device=device)
+    queries = index.view(blocks, block)  # (blocks, block) in band order
+    inside = (window >= 0)[:, None, :]  # (blocks, 1, back + block)
+    image = inside & allowed[queries[:, :, None], window.clamp(min=0)[:, None, :]]
+    keys = torch.arange(text, device=device)
+    to_text = layout.allowed(mask, position[queries][..., None], keys)  # (blocks, block, T)
+    return Band(order, torch.argsort(order), back, block, torch.cat([to_text, image], -1))
+
+
+def banded_attention(q, k, v, band: Band, text: int) -> torch.Tensor:
+    """(B, H, L, d) each, the whole stream -> (B, H, L, d): text causally over the text, image
+    queries block by block over the text and their band of image keys."""
+    text_out = F.scaled_dot_product_attention(
+        q[:, :, :text], k[:, :, :text], v[:, :, :text], is_causal=True
+    )
+    b, h, _, d = q.shape
+    blocks = band.allowed.shape[0]
+
+    def windows(
+        x: torch.Tensor,
+    ) -> torch.Tensor:  # (B, H, N, d) -> (B, H, blocks, T + back + block, d)
+        image = F.pad(x[:, :, text:][:, :, band.order], (0, 0, band.back, 0))
+        bands = image.unfold(2, band.back + band.block, band.block).transpose(-1, -2)
+        shared = x[:, :, None, :text].expand(b, h, blocks, text, d)
+        return torch.cat([shared, bands], dim=3)
+
+    queries = q[:, :, text:][:, :, band.order].reshape(b, h, blocks, band.block, d)
+    out = F.scaled_dot_product_attention(queries, windows(k), windows(v), attn_mask=band.allowed)
+    image_out = out.reshape(b, h, -1, d)[:, :, band.inverse]
+    return torch.cat([text_out, image_out], dim=2)
+
+
+class AttentionMasks:
+    """The masks of one stream layout on one device, built once and shared by all layers.
+    path: how the sparse layers attend over the whole stream (dense, flex or banded)."""
+
+    def __init__(self, layout: StreamLayout, device: torch.device, path: str) -> None:
+        if path not in PATHS:
+            raise ValueError(f"the attention path must be one of {PATHS}, got {path!r}")
+        self.layout, self.device, self.path = layout, device, path
         self._dense: dict[str, torch.Tensor] = {}
         self._block: dict[str, object] = {}
+        self._band: dict[str, Band] = {}
+
+    def band(self, mask: str) -> Band:
+        if mask not in self._band:
+            self._band[mask] = make_band(self.layout, mask, self.device)
+        return self._band[mask]
 
     def dense(self, mask: str) -> torch.Tensor:
         """(L, L) bool, True where allowed."""
@@ -100,15 +181,14 @@ class SelfAttention(nn.Module):
             if self.mask != "causal":
                 raise ValueError(f"a {self.mask!r} attention layer needs the stream's masks")
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        if (
-            masks.use_flex
-            and length == masks.layout.length
-            and (q.device.type != "cpu" or not q.requires_grad)
-        ):
-            # (FlexAttention has no backward on CPU: CPU training takes the dense path.)
-            return _compiled_flex_attention()(q, k, v, block_mask=masks.block(self.mask))
         if self.mask == "causal":
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        whole = length == masks.layout.length  # not a prefill of the first positions only
+        if whole and masks.path == "banded":
+            return banded_attention(q, k, v, masks.band(self.mask), masks.layout.text_length)
+        if whole and masks.path == "flex" and (q.device.type != "cpu" or not q.requires_grad):
+            # (FlexAttention has no backward on CPU: CPU training takes the dense path.)
+            return _compiled_flex_attention()(q, k, v, block_mask=masks.block(self.mask))
         allowed = masks.dense(self.mask)[:length, :length]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
 

@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from dalle1.attention import AttentionMasks, Block
+from dalle1.attention import PATHS, AttentionMasks, Block
 from dalle1.kv_cache import KVCache
 from dalle1.masks import StreamLayout, layer_masks
 from pretrained import Pretrained
@@ -41,15 +41,17 @@ class DALLEConfig:
     mlp_ratio: int = 4  # the feed-forward layer's hidden width / width
     attention: str = "sparse"  # sparse: row / column / conv masks by layer; causal: plain
     conv_kernel: int = 11  # side of the last layer's causal neighbourhood
-    attention_impl: str = "auto"  # auto (flex on CUDA, dense on CPU), flex or dense
+    # How sparse layers attend: auto (flex on CUDA; on other devices banded from
+    # BANDED_FROM positions, dense below), flex, banded or dense (dalle1/attention.py)
+    attention_impl: str = "auto"
     text_loss_weight: float = 0.125  # the text share of the loss (the paper's 1/8)
     activation_checkpointing: bool = False  # recompute blocks in backward to save memory
 
     def __post_init__(self) -> None:
         layer_masks(1, self.attention)  # checks the name
-        if self.attention_impl not in ("auto", "flex", "dense"):
+        if self.attention_impl not in ("auto", *PATHS):
             raise ValueError(
-                f"attention_impl must be auto, flex or dense, got {self.attention_impl!r}"
+                f"attention_impl must be auto, flex, banded or dense, got {self.attention_impl!r}"
             )
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
@@ -85,12 +87,17 @@ class DALLEOutput(NamedTuple):
     image_loss: torch.Tensor
 
 
-def use_flex(impl: str, device: torch.device) -> bool:
-    """auto: FlexAttention on CUDA only. On the CPU it has no backward, and its compiled forward
-    was slower than the dense masked path at 1280 positions (bench/transformer_speed.py)."""
+BANDED_FROM = 512  # stream length from which the banded path is the faster on the CPU
+
+
+def attention_path(impl: str, device: torch.device, length: int) -> str:
+    """auto: FlexAttention on CUDA; elsewhere the banded path from BANDED_FROM positions
+    (bench/transformer_speed.py), dense below. FlexAttention has no backward on the CPU."""
     if impl != "auto":
-        return impl == "flex"
-    return device.type == "cuda"
+        return impl
+    if device.type == "cuda":
+        return "flex"
+    return "banded" if length >= BANDED_FROM else "dense"
 
 
 class DALLE(Pretrained, nn.Module):
@@ -133,8 +140,8 @@ class DALLE(Pretrained, nn.Module):
     def masks(self, device: torch.device) -> AttentionMasks:
         layout = self.config.layout
         if self._masks is None or self._masks.device != device:
-            flex = use_flex(self.config.attention_impl, device)
-            self._masks = AttentionMasks(layout, device, flex)
+            path = attention_path(self.config.attention_impl, device, layout.length)
+            self._masks = AttentionMasks(layout, device, path)
         return self._masks
 
     def embed(self, text: torch.Tensor, image_inputs: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dalle1.attention import banded_attention, make_band
 from dalle1.masks import StreamLayout, layer_masks
 from dalle1.transformer import DALLE, DALLEConfig
 
@@ -116,6 +117,39 @@ def test_dense_path_equals_a_plain_reference(attention, tiny_dalle, random_batch
         expected = reference_features(model, text, codes)
         got = model.run_blocks(model.embed(text, model.image_inputs(codes[:, :-1])))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask", ["row", "column", "conv"])
+@pytest.mark.parametrize("text, grid, kernel", [(6, 4, 3), (3, 5, 3), (4, 7, 5), (5, 6, 11)])
+def test_the_banded_path_equals_the_dense_one_with_gradients(mask, text, grid, kernel):
+    layout = StreamLayout(text, grid, kernel)
+    band = make_band(layout, mask, torch.device("cpu"))
+    g = torch.Generator().manual_seed(grid)
+    q, k, v = (torch.randn(2, 3, layout.length, 8, generator=g, requires_grad=True) for _ in "qkv")
+    banded = banded_attention(q, k, v, band, text)
+    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.dense_mask(mask))
+    torch.testing.assert_close(banded, dense, rtol=1e-5, atol=1e-5)
+    weights = torch.randn(dense.shape, generator=g)
+    got = torch.autograd.grad((banded * weights).sum(), (q, k, v))
+    want = torch.autograd.grad((dense * weights).sum(), (q, k, v))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    if mask != "conv":  # a block of one grid row sees the text, its row and the one before
+        assert band.allowed.shape[-1] == text + 2 * grid
+
+
+def test_a_banded_model_trains_like_a_dense_one(tiny_dalle, random_batch):
+    dense = tiny_dalle("sparse", "dense", grid=6, conv_kernel=5)
+    banded = tiny_dalle("sparse", "banded", grid=6, conv_kernel=5)
+    banded.load_state_dict(dense.state_dict())
+    text, codes = random_batch(dense)
+    losses = [model(text, codes).loss for model in (dense, banded)]
+    torch.testing.assert_close(losses[1], losses[0])
+    for loss in losses:
+        loss.backward()
+    for (name, a), b in zip(dense.named_parameters(), banded.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert banded.masks(torch.device("cpu")).path == "banded"
 
 
 @pytest.mark.slow
