@@ -4,13 +4,18 @@ bench/sampling_speed.py).
 - matmul: a 2048^3 matmul in fp32 and bf16, the machine's practical peak;
 - train: tokens/s of forward + backward + AdamW for the demo model (configs/dalle_shapes.yaml
   with the demo's sizes) and for a 1280-position model (256 text + 32x32 image, small width),
-  sparse vs plain causal, fp32 and bf16 autocast, and the model FLOPs/s that gives;
+  sparse (the paper's masks) on the dense and the banded path vs plain causal, fp32 and bf16
+  autocast, the model FLOPs/s that gives and the FLOPs each path actually does;
+- crossover: forward + backward of the sparse model at growing lengths, dense vs banded path
+  (what `attention_impl=auto` should take on the CPU: dalle1/transformer.py attention_path);
 - optimizer: the demo model's step with AdamW and with Muon (optim.optimizer=muon), alternated,
   the best of three each;
 - attention: one forward of the 1280-position model, FlexAttention vs the dense masked path.
 
 Model FLOPs per position: 6 N for the N weights of the blocks and of the output head the
-position uses, plus the attention matmuls as if causal (12 d per earlier position).
+position uses, plus the attention matmuls as if causal (12 d per earlier position). Done FLOPs:
+the same weights, plus the attention matmuls over the key positions the path really scores
+(dense: all L; banded: the text and its band; causal: the earlier ones).
 
     python bench/transformer_speed.py            # everything (a few minutes on 2 cores)
     python bench/transformer_speed.py --quick    # fewer steps
@@ -26,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from dalle1.attention import make_band
+from dalle1.masks import layer_masks
 from dalle1.training.optim import OptimConfig, build_optimizer
 from dalle1.transformer import DALLE, DALLEConfig
 
@@ -73,11 +80,35 @@ def flops_per_token(model: DALLE) -> float:
     return 6 * (blocks + heads) + 3 * attention
 
 
+def done_flops_per_token(model: DALLE, path: str) -> float:
+    """Matmul FLOPs per position that a training step really does: the weights as in
+    flops_per_token, and the attention over the key positions each layer's path scores."""
+    c, layout = model.config, model.config.layout
+    length, text = layout.length, layout.text_length
+    keys = 0.0  # scored (query, key) pairs over the layers
+    for mask in layer_masks(c.depth, c.attention):
+        if mask == "causal":
+            keys += length * (length + 1) / 2
+        elif path == "banded":
+            band = make_band(layout, mask, torch.device("cpu"))
+            keys += text * text + layout.image_length * band.allowed.shape[-1]
+        else:
+            keys += length * length
+    blocks_and_heads = flops_per_token(model) - 3 * c.depth * 2 * c.width * length
+    return blocks_and_heads + 3 * 4 * c.width * keys / length
+
+
 def train_speed(
-    config: dict, attention: str, precision: str, batch: int, steps: int, optimizer="adamw"
+    config: dict,
+    attention: str,
+    precision: str,
+    batch: int,
+    steps: int,
+    optimizer="adamw",
+    path: str = "dense",
 ) -> dict:
     torch.manual_seed(0)
-    model = DALLE(DALLEConfig(**config, attention=attention, attention_impl="dense"))
+    model = DALLE(DALLEConfig(**config, attention=attention, attention_impl=path))
     optimizer = build_optimizer(model, OptimConfig(optimizer=optimizer, lr=1e-4))
     c = model.config
     text = torch.randint(0, c.total_text_vocab, (batch, c.text_length))
@@ -93,7 +124,28 @@ def train_speed(
         optimizer.step()
     seconds = (time.perf_counter() - start) / steps
     tokens = batch * c.layout.length / seconds
-    return {"tokens_per_s": tokens, "model_flops_per_s": tokens * flops_per_token(model)}
+    return {
+        "tokens_per_s": tokens,
+        "model_flops_per_s": tokens * flops_per_token(model),
+        "done_flops_per_token": done_flops_per_token(model, path),
+        "final_loss": loss.item(),
+    }
+
+
+def crossover(steps: int) -> list[dict]:
+    """Training tokens/s of the sparse model on the dense and the banded path, by length."""
+    rows = []
+    for text, grid in ((24, 8), (64, 12), (64, 16), (128, 20), (256, 32)):
+        config = LONG | {"text_length": text, "grid": grid}
+        row = {"length": text + grid * grid}
+        for path in ("dense", "banded"):
+            row[path] = train_speed(config, "sparse", "fp32", 2, steps, path=path)["tokens_per_s"]
+        rows.append(row)
+        print(
+            f"crossover, {row['length']:4d} positions, tokens/s: dense {row['dense']:6.0f}, "
+            f"banded {row['banded']:6.0f} ({row['banded'] / row['dense']:.2f}x)"
+        )
+    return rows
 
 
 @torch.no_grad()
@@ -129,23 +181,29 @@ def main() -> None:
     )
 
     report["train"] = []
-    for name, config, batch in (("demo (88 positions)", DEMO, 32), ("1280 positions", LONG, 2)):
-        for attention in ("sparse", "causal"):
-            for precision in ("fp32", "bf16"):
-                row = train_speed(config, attention, precision, batch, steps)
-                row |= {
-                    "model": name,
-                    "attention": attention,
-                    "precision": precision,
-                    "share_of_matmul_peak": row["model_flops_per_s"] / rates[precision],
-                }
-                report["train"].append(row)
-                print(
-                    f"train {name:>20} {attention:>6} {precision}: "
-                    f"{row['tokens_per_s']:8.0f} tokens/s, "
-                    f"{row['model_flops_per_s'] / 1e9:5.1f} GFLOP/s "
-                    f"({row['share_of_matmul_peak']:.0%} of matmul)"
-                )
+    runs = [("demo (88 positions)", DEMO, 32, a, "dense") for a in ("sparse", "causal")]
+    runs += [("1280 positions", LONG, 2, "sparse", path) for path in ("dense", "banded")]
+    runs += [("1280 positions", LONG, 2, "causal", "dense")]
+    for name, config, batch, attention, path in runs:
+        for precision in ("fp32", "bf16"):
+            row = train_speed(config, attention, precision, batch, steps, path=path)
+            row |= {
+                "model": name,
+                "attention": attention,
+                "path": path,
+                "precision": precision,
+                "share_of_matmul_peak": row["model_flops_per_s"] / rates[precision],
+            }
+            report["train"].append(row)
+            print(
+                f"train {name:>20} {attention:>6} {path:>6} {precision}: "
+                f"{row['tokens_per_s']:8.0f} tokens/s, "
+                f"{row['model_flops_per_s'] / 1e9:5.1f} GFLOP/s "
+                f"({row['share_of_matmul_peak']:.0%} of matmul), "
+                f"{row['done_flops_per_token'] / 1e6:.0f} MFLOP done per position, "
+                f"loss {row['final_loss']:.4f}"
+            )
+    report["crossover"] = crossover(steps)
 
     best = {"adamw": 0.0, "muon": 0.0}
     for _ in range(3):

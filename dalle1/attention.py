@@ -5,8 +5,8 @@ Three paths give the same numbers:
 - flex: FlexAttention with a block mask, compiled, which skips the key blocks a query block never
   sees, so the sparse layers save work. torch compiles it on the first call (tens of seconds).
   On CPU it has no backward;
-- banded (any device, with a backward): the row and conv layers' image queries in blocks of one
-  grid row, each attending to the text and to the band of image keys its window reaches; the
+- banded (any device, with a backward): the row and conv layers' image queries in blocks of a few
+  grid rows, each attending to the text and to the band of image keys its window reaches; the
   column layers' the same in column-major order (permute, attend, permute back). A band of w + 1
   keys instead of all L: the work follows the mask. Plain causal layers stay dense.
 
@@ -56,10 +56,16 @@ class Band:
     allowed: torch.Tensor
 
 
-def make_band(layout: StreamLayout, mask: str, device: torch.device) -> Band:
-    """The Band of a row, column or conv mask; built from layout.allowed, so it is exact for any
-    grid and kernel (checked: no allowed key lies outside a query's window)."""
+BAND_BLOCK = 128  # queries per block, about: fewer, larger blocks keep the CPU kernel busy
+
+
+def make_band(layout: StreamLayout, mask: str, device: torch.device, rows: int = 0) -> Band:
+    """The Band of a row, column or conv mask, in blocks of `rows` grid rows (0: the most that
+    divide the grid and hold at most BAND_BLOCK cells, at least one). Built from
+    layout.allowed, so it is exact for any grid and kernel (checked: no allowed key lies after
+    a query in the band's order; the window reaches back to its first allowed key)."""
     text, cells, w = layout.text_length, layout.image_length, layout.grid
+    rows = rows or max(r for r in range(1, w + 1) if w % r == 0 and (r == 1 or r * w <= BAND_BLOCK))
     index = torch.arange(cells, device=device)
     order = (index % w) * w + index // w if mask == "column" else index
     position = text + order  # stream positions, in the band's order
@@ -67,7 +73,9 @@ def make_band(layout: StreamLayout, mask: str, device: torch.device) -> Band:
     if (allowed & (index[None, :] > index[:, None])).any():
         raise ValueError(f"the {mask} mask is not causal in its band order")
     first = torch.where(allowed, index[None, :], cells).min(1).values  # first key of each query
-    block = w
+    block = w * rows
+    if cells % block:
+        raise ValueError(f"blocks of {rows} rows do not tile a {w}x{w} grid")
     back = int((index - index % block - first).clamp(min=0).max())
     blocks = cells // block
     window = (index[:blocks, None] * block - back) + torch.arange(back + block, device=device)

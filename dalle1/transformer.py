@@ -41,8 +41,8 @@ class DALLEConfig:
     mlp_ratio: int = 4  # the feed-forward layer's hidden width / width
     attention: str = "sparse"  # sparse: row / column / conv masks by layer; causal: plain
     conv_kernel: int = 11  # side of the last layer's causal neighbourhood
-    # How sparse layers attend: auto (flex on CUDA; on other devices banded from
-    # BANDED_FROM positions, dense below), flex, banded or dense (dalle1/attention.py)
+    # How sparse layers attend: auto (flex on CUDA, dense elsewhere), flex, banded or dense
+    # (dalle1/attention.py)
     attention_impl: str = "auto"
     text_loss_weight: float = 0.125  # the text share of the loss (the paper's 1/8)
     activation_checkpointing: bool = False  # recompute blocks in backward to save memory
@@ -87,17 +87,13 @@ class DALLEOutput(NamedTuple):
     image_loss: torch.Tensor
 
 
-BANDED_FROM = 512  # stream length from which the banded path is the faster on the CPU
-
-
-def attention_path(impl: str, device: torch.device, length: int) -> str:
-    """auto: FlexAttention on CUDA; elsewhere the banded path from BANDED_FROM positions
-    (bench/transformer_speed.py), dense below. FlexAttention has no backward on the CPU."""
+def attention_path(impl: str, device: torch.device) -> str:
+    """auto: FlexAttention on CUDA, the dense path elsewhere. On the CPU FlexAttention has no
+    backward, and the banded path, exact, was no faster than the dense one for a whole model at
+    any length up to 1280 positions (bench/transformer_speed.py: crossover)."""
     if impl != "auto":
         return impl
-    if device.type == "cuda":
-        return "flex"
-    return "banded" if length >= BANDED_FROM else "dense"
+    return "flex" if device.type == "cuda" else "dense"
 
 
 class DALLE(Pretrained, nn.Module):
@@ -140,7 +136,7 @@ class DALLE(Pretrained, nn.Module):
     def masks(self, device: torch.device) -> AttentionMasks:
         layout = self.config.layout
         if self._masks is None or self._masks.device != device:
-            path = attention_path(self.config.attention_impl, device, layout.length)
+            path = attention_path(self.config.attention_impl, device)
             self._masks = AttentionMasks(layout, device, path)
         return self._masks
 
