@@ -6,7 +6,7 @@ A new image position i (stream position T + i) attends to
 - the image keys its layer's mask allows (dalle1/masks.py):
     row, conv, causal: a ring buffer in raster order, as long as the mask reaches back (w + 1
         for row, about kernel // 2 rows for conv, the whole image for causal); a step reads the
-        whole ring;
+        slots written so far (the whole ring once it is full; compiled: always the whole ring);
     column: every cell, stored column by column, so that the column above and the cell to the
         left are the w + 1 slots ending at the new cell's; a step reads those.
 
@@ -157,13 +157,20 @@ class KVCache:
         slot = plan.write[cell : cell + 1] if eager else plan.write[cell]
         keys.index_copy_(2, slot, k)
         values.index_copy_(2, slot, v)
+        visible = plan.visible[cell]
         if plan.first is not None and eager:
             window = slice(plan.firsts[cell], plan.firsts[cell] + plan.reads)
             keys, values = keys[:, :, window], values[:, :, window]
         elif plan.first is not None:
             read = plan.first[cell] + torch.arange(plan.reads, device=cell.device)
             keys, values = keys.index_select(2, read), values.index_select(2, read)
-        return keys, values, plan.visible[cell]
+        elif eager and cell + 1 < plan.size:  # a ring not yet full: its written slots only
+            keys, values, visible = (
+                keys[:, :, : cell + 1],
+                values[:, :, : cell + 1],
+                visible[: cell + 1],
+            )
+        return keys, values, visible
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor the cache holds (for byte counts and static addresses)."""
