@@ -128,11 +128,11 @@ class Studio:
         except ValueError as err:
             raise _error(str(err)) from err
 
-    def _gallery(self, images: torch.Tensor, scores: torch.Tensor, first=None) -> list:
-        """[(PIL image, caption)], best first: CLIP score and rank; the original first if given."""
+    def _gallery(self, images, scores, first=None, score_name: str = "CLIP") -> list:
+        """[(PIL image, caption)], best first: rank and score; the original first if given."""
         shown = [] if first is None else [(enlarged(to_pil(first)), "original")]
         for rank, (image, score) in enumerate(zip(images, scores.tolist(), strict=True)):
-            label = f"#{rank + 1}" + ("" if score != score else f"  CLIP {score:.3f}")
+            label = f"#{rank + 1}" + ("" if score != score else f"  {score_name} {score:.3f}")
             shown.append((enlarged(to_pil(image)), label))
         return shown
 
@@ -189,17 +189,18 @@ class Studio:
         config = self._sampling(temperature, top_k, top_p, guidance)
         options = {"n": n, "keep": min(keep, n), "config": config, "seed": int(seed)}
         options["progress"] = self._progress(progress, n)
+        score_name = "CLIP"
         try:
             if picture is None:
                 images, scores = self.pipe.sample(caption, **options)
             elif region is None:
                 images, scores = self.pipe.complete(picture, rows, caption, **options)
-            else:
+            else:  # ranked by CLIP and the kept cells' likelihood (Pipeline.edit)
                 images, scores = self.pipe.edit(picture, region, caption, **options)
-                picture = highlight(picture, region)
+                picture, score_name = highlight(picture, region), "score"
         except ValueError as err:
             raise _error(str(err)) from err
-        return self._gallery(images, scores, first=picture)
+        return self._gallery(images, scores, picture, score_name)
 
     def read_picture(self, uploaded, held_out) -> torch.Tensor:
         """(3, S, S) in [0, 1] from an uploaded file or a held-out image's path."""

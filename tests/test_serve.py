@@ -79,7 +79,8 @@ def test_complete_shows_the_original_then_the_completions(studio):
 def test_edit_shows_the_region_then_the_edits(studio):
     picture = str(studio.held_out[0])
     shown = studio.edit(None, picture, 0, 0, 8, 8, "a red circle", *SETTINGS)
-    assert [label for _, label in shown][0] == "original" and len(shown) == 4
+    labels = [label for _, label in shown]
+    assert labels[0] == "original" and len(shown) == 4 and labels[1].startswith("#1  score ")
     preview = studio.edit_preview(None, picture, 0, 0, 8, 8)  # 16 px enlarged to 256
     assert preview.getpixel((20, 20))[0] > preview.getpixel((20, 20))[2]  # tinted red
     assert preview.getpixel((200, 200)) == studio.preview(None, picture, 1).getpixel((200, 200))
