@@ -28,6 +28,7 @@ from pathlib import Path
 
 from dalle1.config import ConfigError, describe_config, load_config, save_config
 from dalle1.data import iter_captions
+from dalle1.demo import INCONTEXT_SHARE
 from dalle1.demo import run_demo as run_pipeline_demo
 from dalle1.icons import data as icons_module
 from dalle1.icons.data import IconsConfig, write_icons
@@ -290,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--incontext-share",
         type=float,
-        default=0.0,
-        help="share of two-panel in-context scenes in the training data (default 0)",
+        default=INCONTEXT_SHARE,
+        help=f"share of two-panel in-context training scenes (default {INCONTEXT_SHARE})",
     )
     demo.add_argument("--no-eval", action="store_true", help="skip the benchmark at the end")
     demo.set_defaults(run=run_demo)

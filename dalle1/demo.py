@@ -24,6 +24,9 @@ SPLIT_SIZES = {"train": 32000, "single": 200, "pair": 200, "novel": 200}
 SPLIT_SIZES |= {"incontext": 200, "incontext_novel": 200}
 TOKENIZER_VOCAB = 400  # the shapes captions use about 40 words; 256 ids are byte fallback
 EVAL_SCENES, EVAL_CANDIDATES, EVAL_KEEP = 50, 16, 4
+# Two-panel in-context scenes among the training scenes: at 0.2 the in-context suite passes and
+# the other suites are as good as without them (docs/results.md).
+INCONTEXT_SHARE = 0.2
 
 
 def make_data(
@@ -58,7 +61,7 @@ def run_demo(
     evaluate: bool = True,
     configs: Path = CONFIGS,
     seed: int = 0,
-    incontext_share: float = 0.0,
+    incontext_share: float = INCONTEXT_SHARE,
 ) -> dict:
     """seed: of every training stage (weights, data order, noise); the data is always the same.
     incontext_share: of two-panel in-context scenes among the training scenes."""
