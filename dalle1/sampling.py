@@ -4,7 +4,9 @@ generate() fills the image cells in raster order: `prefill` runs the text (and a
 rows, for completion) through the model once per group of rows that share them (the
 candidates of one caption), then `decode_step` costs one position per layer per new cell,
 attending only to the keys each layer's mask allows (dalle1/kv_cache.py). Without the cache
-every step reruns the whole prefix (for tests and measuring).
+every step reruns the whole prefix (for tests and measuring). `fill()` is the general form: any
+set of kept cells (an edit's region left out) is read through the cache as it is, and the
+log-likelihood of the kept cells after the first sampled one comes back with the codes.
 
 The decode step has static shapes, so it can be compiled (CUDA graphs on CUDA). On the CPU
 compiling it did not pay for itself (bench/sampling_speed.py), so `compile="auto"` compiles on
