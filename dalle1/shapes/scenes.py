@@ -132,36 +132,31 @@ class Scene:
         return spec
 
 
-def parse_combinations(items: list[str] | str) -> set[tuple[str, str]]:
-    """['mirror:triangle', ...] or 'mirror:triangle,...' -> {(transform, shape of the top)}."""
-    if isinstance(items, str):
-        items = [s for s in items.split(",") if s.strip()]
-    combinations = set()
-    for item in items:
-        transform, sep, shape = item.strip().partition(":")
-        if not sep or transform not in TRANSFORMS or shape not in SHAPES:
-            raise ValueError(
-                f"held-out combination {item!r} must be TRANSFORM:SHAPE with a transform in "
-                f"{list(TRANSFORMS)} and a shape in {list(SHAPES)}"
-            )
-        combinations.add((transform, shape))
-    return combinations
-
-
-def parse_pairs(items: list[str] | str) -> set[tuple[str, str]]:
-    """['red:triangle', 'blue:circle'] or 'red:triangle,blue:circle' -> {(colour, shape), ...}."""
+def parse_named_pairs(items: list[str] | str, form: str, firsts, seconds) -> set[tuple[str, str]]:
+    """['A:B', ...] or 'A:B,...' -> {(A, B), ...}, each A one of `firsts` and B of `seconds`;
+    form names them for the error, e.g. 'COLOUR:SHAPE'."""
     if isinstance(items, str):
         items = [s for s in items.split(",") if s.strip()]
     pairs = set()
     for item in items:
-        colour, sep, shape = item.strip().partition(":")
-        if not sep or colour not in PALETTE or shape not in SHAPES:
+        first, sep, second = item.strip().partition(":")
+        if not sep or first not in firsts or second not in seconds:
             raise ValueError(
-                f"held-out pair {item!r} must be COLOUR:SHAPE with a colour in "
-                f"{sorted(PALETTE)} and a shape in {list(SHAPES)}"
+                f"held-out {item!r} must be {form} with {form.split(':')[0].lower()} in "
+                f"{sorted(firsts)} and {form.split(':')[1].lower()} in {list(seconds)}"
             )
-        pairs.add((colour, shape))
+        pairs.add((first, second))
     return pairs
+
+
+def parse_pairs(items: list[str] | str) -> set[tuple[str, str]]:
+    """['red:triangle', 'blue:circle'] or 'red:triangle,blue:circle' -> {(colour, shape), ...}."""
+    return parse_named_pairs(items, "COLOUR:SHAPE", PALETTE, SHAPES)
+
+
+def parse_combinations(items: list[str] | str) -> set[tuple[str, str]]:
+    """['mirror:triangle', ...] or 'mirror:triangle,...' -> {(transform, shape of the top)}."""
+    return parse_named_pairs(items, "TRANSFORM:SHAPE", TRANSFORMS, SHAPES)
 
 
 def all_pairs() -> list[tuple[str, str]]:
