@@ -11,6 +11,9 @@ $(VENV)/.installed: pyproject.toml
 	# torch first and pinned: this exact release is a local CPU build on CPU machines.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# The converted tokenizers' reference implementations, for their tests only. Without their
+	# dependencies: those would pull another torch build (torchvision) and tools they never use.
+	$(PY) -m pip install --quiet --no-deps DALL-E==0.1 taming-transformers-rom1504==0.0.6
 	touch $@
 
 demo: $(VENV)/.installed

@@ -22,7 +22,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 
 from dalle1.clip import CLIP
 from dalle1.data.transforms import to_tensor
@@ -40,6 +39,7 @@ from dalle1.shapes.scenes import (
 )
 from dalle1.tokenizer import TextTokenizer
 from pretrained import resolve_model_folder
+from pretrained.run import read_run_config
 
 
 def moved(obj, rng: random.Random):
@@ -127,7 +127,7 @@ def main() -> None:
 
     checkpoint = resolve_model_folder(args.clip)
     model = CLIP.from_pretrained(checkpoint).eval()
-    run_config = yaml.safe_load((checkpoint / "config.yaml").read_text())
+    run_config = read_run_config(checkpoint)
     tokenizer = TextTokenizer(run_config["data"]["text_tokenizer"], model.config.text_length)
     size = model.config.image_size
     holdout = parse_pairs(args.holdout)

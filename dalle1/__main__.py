@@ -8,6 +8,8 @@ Commands:
     eval-icons           generate for the icon grid's held-out and seen cells, judge each
     judge DIR            score every NAME.png in DIR against its NAME.json (the shapes benchmark)
     serve                a web page to sample and complete (gradio), on 127.0.0.1:7860
+    export RUN OUT       a trained model as one self-contained folder to share
+    convert-tokenizer    read OpenAI's dVAE, a taming VQGAN or LlamaGen's VQ as our model folder
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from dalle1.data import image_source
 from dalle1.data.transforms import (
     BadSample,
     decode_image,
@@ -36,6 +39,8 @@ from dalle1.regions import box_mask, highlight, parse_box, read_mask, to_model_s
 from dalle1.sampling import SamplingConfig
 from dalle1.shapes.benchmark import SUITES, evaluate_suite, suite_folder
 from dalle1.shapes.judge import judge_folder
+from pretrained.run import example_pictures, export_run
+from vqvae.convert import SOURCES, convert
 
 
 def run_judge(args: argparse.Namespace) -> None:
@@ -157,8 +162,11 @@ def run_edit(args: argparse.Namespace) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     pipe = Pipeline.load(args.run, args.clip, args.device)
-    # The demo's layout: RUN = DEMO/dalle, suites in DEMO/data/SPLIT.
-    folder = args.data or str(suite_folder(Path(args.run).parent / "data", args.suite))
+    folder = args.data
+    if folder is None:  # the shapes data's suites lie beside the split the run held out
+        if pipe.parts.eval_data is None:
+            raise ValueError(f"{args.run!r} records no held-out data: give the suite's --data")
+        folder = str(suite_folder(Path(image_source(pipe.parts.eval_data)).parent, args.suite))
     report = evaluate_suite(
         pipe,
         args.suite,
@@ -190,6 +198,37 @@ def run_eval_icons(args: argparse.Namespace) -> None:
         Path(args.json).write_text(text)
     print(text)
     print(report_table(report))
+
+
+def run_export(args: argparse.Namespace) -> None:
+    pipe = Pipeline.load(args.run, device="cpu")  # the parts must load and fit together
+    held_out = pipe.parts.eval_data
+    pictures = example_pictures(Path(image_source(held_out))) if held_out else []
+    examples = [(p, first_caption(p)) for p in pictures]
+    report = None
+    if args.report:
+        try:
+            report = json.loads(Path(args.report).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read the report {args.report!r}: {err}") from err
+    out = export_run(args.run, args.out, asdict(pipe.sampling), examples, report)
+    print(f"{out}: the model, its parts, {len(examples)} examples and README.md (the model card)")
+
+
+def first_caption(picture: Path) -> str:
+    """The first caption of a picture's NAME.txt ('' without one)."""
+    text = picture.with_suffix(".txt")
+    return text.read_text().splitlines()[0].strip() if text.is_file() else ""
+
+
+def run_convert_tokenizer(args: argparse.Namespace) -> None:
+    model = convert(args.source, args.files, args.image_size)
+    model.save_pretrained(args.out)
+    print(
+        f"{args.out}: {model.label} ({type(model).__name__}), {model.image_size} px images as "
+        f"{model.grid}x{model.grid} codes of {model.codebook_size}; use it with "
+        f"`train.py all --image-tokenizer {args.out}` or data.image_tokenizer={args.out}"
+    )
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -284,6 +323,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     limit.add_argument("--max-candidates", type=int, default=512, help="(default 512)")
     serve.set_defaults(handler=run_serve)
+
+    export = commands.add_parser(
+        "export",
+        help="write a trained model as one folder to share",
+        description="Write RUN (a transformer run, with the image tokenizer, text tokenizer and "
+        "CLIP it names) as one self-contained folder OUT: the weights of each part, the sampling "
+        "settings, a manifest with paths relative to OUT, a few held-out pictures and a model "
+        "card (README.md). OUT is what --run of sample, complete, edit and serve, "
+        "Pipeline.load and train.py --from accept, wherever it is copied.",
+    )
+    export.add_argument("run", help="transformer run folder (or checkpoint)")
+    export.add_argument("out", help="the folder to write (new or empty)")
+    export.add_argument(
+        "--report", help="a JSON of figures for the model card (e.g. report.json of train.py all)"
+    )
+    export.set_defaults(handler=run_export)
+
+    convert = commands.add_parser(
+        "convert-tokenizer",
+        help="read a pretrained image tokenizer (OpenAI dVAE, taming VQGAN, LlamaGen VQ)",
+        description="Read an image tokenizer trained elsewhere once and write it as our model "
+        "folder (model.safetensors + model_config.json), which every stage and command "
+        "accepts as an image tokenizer. Files: openai-dvae: encoder.pkl decoder.pkl; taming: "
+        "MODEL.ckpt MODEL.yaml; llamagen: VQ.pt. Checkpoints are pickles, and a pickle can run "
+        "code: they are read with torch.load(weights_only=True), else with a reader that "
+        "imports none of the file's classes and keeps only tensors (vqvae/convert.py).",
+    )
+    convert.add_argument(
+        "--from", dest="source", required=True, choices=SOURCES, help="where it comes from"
+    )
+    convert.add_argument("files", nargs="+", help="the checkpoint file(s), as listed above")
+    convert.add_argument("--out", required=True, help="the model folder to write")
+    convert.add_argument(
+        "--image-size",
+        type=int,
+        default=256,
+        help="side of the images it reads (default 256; taming's yaml gives its own)",
+    )
+    convert.set_defaults(handler=run_convert_tokenizer)
     return parser
 
 
@@ -356,7 +434,8 @@ def add_benchmark_commands(commands) -> None:
     evaluate.add_argument("--suite", required=True, choices=SUITES, help="which suite")
     evaluate.add_argument(
         "--data",
-        help="the suite's folder (default: RUN/../data/SUITE, the pair folder for completion)",
+        help="the suite's folder (default: SUITE beside the run's held-out split, as in the "
+        "demo's data/; the pair folder for completion and edit)",
     )
     evaluate.add_argument("--n", type=int, default=50, help="scenes (default 50)")
     evaluate.add_argument("--candidates", type=int, default=16, help="per scene (default 16)")

@@ -240,3 +240,51 @@ def _field_comments(cls: type) -> dict[str, str]:
             comments[match.group(1)] = " ".join([*above, match.group(2) or ""]).strip()
         above = []
     return comments
+
+
+def add_config_flags(parser: Any, cls: type) -> None:
+    """One `--flag` per top-level field of dataclass `cls` that is not a section; its help is
+    the field's comment. Unset flags stay None, so they override neither the file nor defaults.
+    Lists are given comma-separated (`--holdout red:triangle,blue:circle`)."""
+    import argparse
+
+    comments, hints = _field_comments(cls), typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"settings ({cls.__name__}; also --config FILE, key=value)")
+    for f in dataclasses.fields(cls):
+        default = _default_of(f)
+        if dataclasses.is_dataclass(default) or not f.init:
+            continue
+        hint = _plain(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        text = f"{comments.get(f.name, '')} (default {_shown(default)})".strip().replace("%", "%%")
+        if hint is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
+        elif typing.get_origin(hint) in (list, tuple):
+            group.add_argument(flag, type=_comma_list, metavar="A,B,...", help=text)
+        else:
+            group.add_argument(flag, type=hint if hint in (int, float) else str, help=text)
+
+
+def flag_values(args: Any, cls: type) -> dict:
+    """The config values given as flags (add_config_flags), by field name."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _plain(hint: Any) -> Any:
+    """`X | None` -> X."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        kinds = [a for a in typing.get_args(hint) if a is not type(None)]
+        return kinds[0] if len(kinds) == 1 else str
+    return hint
+
+
+def _comma_list(text: str) -> list:
+    """'a,b,3' -> ['a', 'b', 3]: each item read as a YAML scalar."""
+    return [yaml.safe_load(item.strip()) for item in text.split(",") if item.strip()]
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "none"
+    return repr(value)

@@ -12,6 +12,7 @@ A second run reuses every finished stage and resumes an interrupted one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dalle1.config import load_config, save_config
@@ -27,6 +28,19 @@ EVAL_SCENES, EVAL_CANDIDATES, EVAL_KEEP = 50, 16, 4
 # Two-panel in-context scenes among the training scenes: at 0.2 the in-context suite passes and
 # the other suites are as good as without them (docs/results.md).
 INCONTEXT_SHARE = 0.2
+
+
+@dataclass
+class DemoConfig:
+    """What `python train.py demo` runs."""
+
+    out: str = "runs/demo"  # the run folder
+    size: int = 64  # canvas side in pixels
+    # COLOUR:SHAPE pairs held out of training
+    holdout: list[str] = field(default_factory=lambda: ["red:triangle", "blue:circle"])
+    seed: int = 0  # of every training stage (the data stays the same)
+    incontext_share: float = INCONTEXT_SHARE  # of two-panel in-context training scenes
+    eval: bool = True  # run the benchmark at the end
 
 
 def make_data(

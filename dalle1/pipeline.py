@@ -5,8 +5,9 @@
     images, scores = pipe.complete(picture, rows=4, caption="...", n=64, keep=8)
     images, scores = pipe.edit(picture, (x0, y0, x1, y1), "...", n=64, keep=8)  # any region
 
-A transformer run's config.yaml names its image tokenizer, text tokenizer and (optionally) CLIP
-run; the sizes of all four must agree, or loading says which one does not fit.
+A transformer run's manifest (pretrained/run.py) names its image tokenizer, text tokenizer and
+(optionally) CLIP run; the sizes of all four must agree, or loading says which one does not fit.
+An exported model (`python -m dalle1 export`) loads the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from einops import rearrange
 
 from dalle1.clip import CLIP, clip_scores, rerank
@@ -25,7 +25,7 @@ from dalle1.regions import box_mask, cell_region
 from dalle1.sampling import SamplingConfig, fill_candidates, sample_candidates
 from dalle1.tokenizer import TextTokenizer
 from dalle1.transformer import DALLE
-from pretrained import resolve_model_folder
+from pretrained.run import RunParts, run_parts
 from vqvae import ImageTokenizer, load_image_tokenizer
 
 LIKELIHOOD_WEIGHT = 1.0  # of an edit's kept-cell likelihood beside CLIP (edit_scores)
@@ -49,27 +49,6 @@ def edit_scores(
     return standardised(similarity.float()) + weight * fit
 
 
-def read_run_config(checkpoint: Path) -> dict:
-    """A transformer checkpoint's config.yaml as a dict."""
-    config_file = checkpoint / "config.yaml"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{str(checkpoint)!r} has no config.yaml: not a transformer run")
-    try:
-        config = yaml.safe_load(config_file.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{str(config_file)!r} is not a run config: {err}") from err
-    if not isinstance(config, dict) or not isinstance(config.get("data") or {}, dict):
-        raise ValueError(f"{str(config_file)!r} is not a run config")
-    return config
-
-
-def read_run_parts(checkpoint: Path) -> dict[str, str | None]:
-    """The image tokenizer, text tokenizer and CLIP paths a transformer checkpoint's config.yaml
-    names (its data section)."""
-    data = read_run_config(checkpoint).get("data") or {}
-    return {key: data.get(key) for key in ("image_tokenizer", "text_tokenizer", "clip")}
-
-
 @dataclass
 class Pipeline:
     dalle: DALLE
@@ -79,21 +58,17 @@ class Pipeline:
     clip_tokenizer: TextTokenizer | None = None  # with CLIP's text_length
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # when none is given
 
+    parts: RunParts | None = None  # where each part was read from
+
     @classmethod
     def load(cls, run: str | Path, clip: str | Path | None = None, device: str = "auto"):
-        """run: a transformer run folder (or one of its checkpoints); clip: a CLIP run folder
-        (default: data.clip of the run's config; None there: no reranking)."""
-        checkpoint = resolve_model_folder(run)
+        """run: a transformer run folder (or one of its checkpoints) or an exported model;
+        clip: a CLIP run folder (default: the run's own; none there: no reranking)."""
+        parts = run_parts(run)
         target = pick_device(device)
-        dalle = DALLE.from_pretrained(checkpoint, map_location=str(target)).eval()
-        config = read_run_config(checkpoint)
-        parts = config.get("data") or {}
-        if not parts.get("image_tokenizer") or not parts.get("text_tokenizer"):
-            raise ValueError(
-                f"{str(run)!r} is not a transformer run: its config names no tokenizers"
-            )
-        image_tokenizer = load_image_tokenizer(parts["image_tokenizer"])
-        tokenizer = TextTokenizer(parts["text_tokenizer"], dalle.config.text_length)
+        dalle = DALLE.from_pretrained(parts.transformer, map_location=str(target)).eval()
+        image_tokenizer = load_image_tokenizer(parts.image_tokenizer)
+        tokenizer = TextTokenizer(parts.text_tokenizer, dalle.config.text_length)
         c = dalle.config
         mismatches = [
             f"{what}: transformer {want}, {source} {have}"
@@ -106,19 +81,19 @@ class Pipeline:
         ]
         if mismatches:
             raise ValueError(f"the parts of {str(run)!r} do not fit: " + "; ".join(mismatches))
-        clip_path = clip if clip is not None else parts.get("clip")
+        if clip is not None:
+            parts.clip = Path(clip)
         clip_model = clip_tokenizer = None
-        if clip_path:
-            clip_model = CLIP.from_pretrained(clip_path, map_location=str(target)).eval()
+        if parts.clip is not None:
+            clip_model = CLIP.from_pretrained(parts.clip, map_location=str(target)).eval()
             clip_tokenizer = TextTokenizer.load(
-                parts["text_tokenizer"],
+                parts.text_tokenizer,
                 clip_model.config.text_length,
                 clip_model.config.text_vocab_size,
             )
-        # The run's sampling section (runs from before it had one: the defaults).
-        sampling = from_dict(SamplingConfig, config.get("sampling"))
+        sampling = from_dict(SamplingConfig, parts.sampling)  # none recorded: the defaults
         image_tokenizer = image_tokenizer.to(target)
-        return cls(dalle, image_tokenizer, tokenizer, clip_model, clip_tokenizer, sampling)
+        return cls(dalle, image_tokenizer, tokenizer, clip_model, clip_tokenizer, sampling, parts)
 
     @property
     def device(self) -> torch.device:

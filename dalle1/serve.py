@@ -17,7 +17,6 @@ while. The same functions are the HTTP API gradio exposes (`/gradio_api/call/sam
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass, replace
@@ -25,21 +24,20 @@ from pathlib import Path
 
 import gradio as gr
 import torch
-import yaml
 from PIL import Image, ImageDraw
 
-from dalle1.data import is_token_cache
+from dalle1.data import image_source
 from dalle1.data.transforms import BadSample, read_image
 from dalle1.images import to_pil
-from dalle1.pipeline import Pipeline, read_run_parts
+from dalle1.pipeline import Pipeline
 from dalle1.regions import box_mask, highlight
 from dalle1.sampling import SamplingConfig
 from pretrained import read_model_config, resolve_model_folder
+from pretrained.run import RunParts, example_pictures
 
 logger = logging.getLogger(__name__)
 
 DISPLAY_SIDE = 256  # images are enlarged (nearest neighbour) to at least this many pixels
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 ONE_QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}  # every event, one at a time
 
@@ -62,22 +60,11 @@ class Limits:
         )
 
 
-def held_out_images(run: Path, limit: int = 12) -> list[Path]:
-    """Pictures to complete: the demo's pair suite beside the run, else the run's eval images."""
-    config = yaml.safe_load((resolve_model_folder(run) / "config.yaml").read_text())
-    data = config.get("data") or {}
-    folders = [run.parent / "data" / "pair"]
-    for source in (data.get("eval_source"), data.get("source")):
-        if source and is_token_cache(source):  # the images it was encoded from
-            source = json.loads((Path(source) / "meta.json").read_text()).get("source")
-        if source:
-            folders.append(Path(source))
-    for folder in folders:
-        if folder.is_dir():
-            found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if found:
-                return found[:limit]
-    return []
+def held_out_images(parts: RunParts | None, limit: int = 12) -> list[Path]:
+    """Pictures to complete and edit: the run's held-out images (an export's examples)."""
+    if parts is None or parts.eval_data is None:
+        return []
+    return example_pictures(Path(image_source(parts.eval_data)), limit)
 
 
 def enlarged(image: Image.Image) -> Image.Image:
@@ -88,28 +75,27 @@ def enlarged(image: Image.Image) -> Image.Image:
 class Studio:
     """The page's functions over one loaded pipeline."""
 
-    def __init__(self, pipe: Pipeline, run: str | Path, limits: Limits | None = None) -> None:
-        self.pipe, self.run, self.limits = pipe, Path(run), limits or Limits()
-        self.held_out = held_out_images(self.run)
+    def __init__(self, pipe: Pipeline, limits: Limits | None = None) -> None:
+        self.pipe, self.limits = pipe, limits or Limits()
+        self.held_out = held_out_images(pipe.parts)
 
     def facts(self) -> str:
         """The run's parts and sizes, as Markdown."""
-        checkpoint = resolve_model_folder(self.run)
-        parts = read_run_parts(checkpoint)
-        step = json.loads((checkpoint / "state.json").read_text())["step"]
+        parts = self.pipe.parts
         c, tokenizer = self.pipe.dalle.config, self.pipe.image_tokenizer
-        tokenizer_class, _ = read_model_config(resolve_model_folder(parts["image_tokenizer"]))
+        tokenizer_class, _ = read_model_config(resolve_model_folder(parts.image_tokenizer))
         count = sum(p.numel() for p in self.pipe.dalle.parameters())
-        clip = parts["clip"] or "none (candidates in drawing order)"
+        clip = parts.clip or "none (candidates in drawing order)"
         return "\n".join(
             [
-                f"- **Transformer**: `{checkpoint}`, step {step}: {count / 1e6:.1f}M parameters, "
+                f"- **Transformer**: `{parts.transformer}`, step {parts.step}: "
+                f"{count / 1e6:.1f}M parameters, "
                 f"width {c.width}, depth {c.depth}, {c.heads} heads, {c.attention} attention, "
                 f"{c.text_length} text + {c.grid}x{c.grid} image positions",
-                f"- **Image tokenizer**: `{parts['image_tokenizer']}` ({tokenizer_class}): "
+                f"- **Image tokenizer**: `{parts.image_tokenizer}` ({tokenizer_class}): "
                 f"{tokenizer.image_size} px images as {tokenizer.grid}x{tokenizer.grid} codes of "
                 f"{tokenizer.codebook_size}",
-                f"- **Text tokenizer**: `{parts['text_tokenizer']}`: "
+                f"- **Text tokenizer**: `{parts.text_tokenizer}`: "
                 f"{self.pipe.tokenizer.vocab_size} BPE ids",
                 f"- **CLIP reranker**: `{clip}`",
             ]
@@ -424,4 +410,4 @@ def serve(
     """Load the run (a clear error if it or the auth file does not load), then serve until
     interrupted."""
     auth = read_auth_file(auth_file) if auth_file else None
-    launch(Studio(Pipeline.load(run, clip, device), run, limits), host, port, auth)
+    launch(Studio(Pipeline.load(run, clip, device), limits), host, port, auth)

@@ -17,6 +17,7 @@ import io
 import logging
 import random
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import sentencepiece as spm
@@ -28,6 +29,19 @@ logger = logging.getLogger(__name__)
 def normalize_caption(caption: str) -> str:
     """Lower-cased, with runs of whitespace turned into one space."""
     return " ".join(caption.lower().split())
+
+
+@dataclass
+class TokenizerTrainingConfig:
+    """What `python train.py tokenizer` trains."""
+
+    data: str = ""  # captioned images: a folder, tar shards or a token cache
+    vocab: int = 16384  # BPE ids (the paper: 16384; fewer when the captions are few)
+    out: str = ""  # the .model file to write
+
+    def __post_init__(self) -> None:
+        if not self.data or not self.out:
+            raise ValueError("give the captions' source (--data) and the file to write (--out)")
 
 
 def train_tokenizer(captions: Iterable[str], vocab_size: int, out: str | Path) -> Path:

@@ -10,7 +10,8 @@ the class name a folder records and builds that class, so a consumer that accept
 file, a config that does not parse, corrupt weights, or weights of another config.
 
 `path` may also be a training run folder: its `best/` (the weights with the lowest held-out
-loss, kept by `train.keep_best`) when it has one, else its newest `checkpoints/step_*`.
+loss, kept by `train.keep_best`) when it has one, else its newest `checkpoints/step_*`; or an
+exported model: its `transformer/`. What else a run folder holds is read by pretrained/run.py.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
 STEP_PATTERN = re.compile(r"^step_(\d{7,})$")
 BEST_FOLDER = "best"
+EXPORT_TRANSFORMER = "transformer"  # an exported model's transformer folder
 
 __all__ = [
     "BEST_FOLDER",
     "CONFIG_FILE",
+    "EXPORT_TRANSFORMER",
     "WEIGHTS_FILE",
     "Pretrained",
     "check_fits",
@@ -54,17 +57,19 @@ def step_folders(root: str | Path) -> list[Path]:
 
 def resolve_model_folder(path: str | Path) -> Path:
     """A model folder as is, or a run folder -> its best/ folder, else its newest
-    checkpoints/step_* folder."""
+    checkpoints/step_* folder; an exported model -> its transformer/."""
     path = Path(path)
     if (path / WEIGHTS_FILE).is_file():
         return path
     if (path / BEST_FOLDER / WEIGHTS_FILE).is_file():
         return path / BEST_FOLDER
     steps = step_folders(path / "checkpoints")
+    if not steps and (path / EXPORT_TRANSFORMER / WEIGHTS_FILE).is_file():
+        return path / EXPORT_TRANSFORMER
     if not steps:
         raise FileNotFoundError(
-            f"{str(path)!r} is neither a model folder (with {WEIGHTS_FILE}) nor a run folder "
-            "with checkpoints/step_*"
+            f"{str(path)!r} is neither a model folder (with {WEIGHTS_FILE}), a run folder "
+            "with checkpoints/step_* nor an exported model"
         )
     return steps[-1]
 

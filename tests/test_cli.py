@@ -1,5 +1,6 @@
 """The command lines: the shapes stage, config errors, the judge, --help."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -70,3 +71,34 @@ def test_stage_help_lists_every_config_key_with_its_type_default_and_meaning():
     assert "train.parallel (str, default 'ddp'): under torchrun" in result.stdout
     assert "data.image_tokenizer (str, default 'runs/vqvae')" in result.stdout
     assert "--resume" in result.stdout and "--restart" in result.stdout
+
+
+def test_every_stage_has_typed_flags_from_its_config(capsys):
+    """One config system: each stage's flags are its dataclass's top-level keys, with help."""
+    for name, command in train.STAGES.items():
+        try:
+            train.build_parser().parse_args([name, "--help"])
+        except SystemExit as done:
+            assert done.code == 0, name
+        shown = capsys.readouterr().out
+        if command.trains:  # a run config is all sections: every key is in the epilog
+            assert "config keys (type, default: meaning)" in shown, name
+            continue
+        for f in dataclasses.fields(command.config_class):
+            assert "--" + f.name.replace("_", "-") in shown, (name, f.name)
+        assert "key=value" in shown, name
+
+
+def test_flags_overrides_and_stage_overrides_reach_the_right_config(tmp_path, capsys):
+    assert train.main(["tokenizer", "--data", str(tmp_path), "--out", "x.model", "vocabb=3"]) == 2
+    assert "did you mean 'vocab'" in capsys.readouterr().err
+    assert train.main(["tokenizer", "--out", "x.model"]) == 2  # a required key, named
+    assert "--data" in capsys.readouterr().err
+    base = ["all", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert train.main([*base, "--preset", "nonesuch"]) == 2
+    assert "nonesuch" in capsys.readouterr().err
+    assert train.main([*base, "dalle.train.max_stepz=1"]) == 2  # given to the dalle stage
+    assert "max_stepz" in capsys.readouterr().err
+    assert train.main([*base, "text_vocabb=3"]) == 2  # given to `all` itself
+    assert "did you mean 'text_vocab'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import train
 from dalle1.__main__ import main as dalle1_main
 from dalle1.training.checkpoint import TRAIN_WEIGHTS_FILE
-from pretrained import resolve_model_folder
+from pretrained.run import MANIFEST_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -388,7 +388,8 @@ def test_bad_arguments_name_the_problem(parts, tmp_path, dalle_args, capsys):
         )
         == 0
     )
-    config = resolve_model_folder(run) / "config.yaml"  # what loading the run reads
-    config.write_text(config.read_text().replace(str(parts / "tok.model"), str(other)))
+    manifest = json.loads((run / MANIFEST_FILE).read_text())  # what loading the run reads
+    manifest["text_tokenizer"] = os.path.relpath(other, run)
+    (run / MANIFEST_FILE).write_text(json.dumps(manifest))
     assert dalle1_main(["sample", "--run", str(run), "x"]) == 2
     assert "do not fit" in capsys.readouterr().err

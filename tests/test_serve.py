@@ -34,7 +34,7 @@ SETTINGS = (
 
 @pytest.fixture(scope="module")
 def studio(dalle_run):
-    return Studio(Pipeline.load(dalle_run), dalle_run)
+    return Studio(Pipeline.load(dalle_run))
 
 
 def test_sample_gives_the_kept_images_best_first_with_their_scores(studio):
@@ -104,7 +104,7 @@ def test_one_request_may_cost_only_so_much_and_each_refusal_is_one_log_line(
     dalle_run, tmp_path, caplog
 ):
     limits = Limits(upload_mib=0.05, decoded_mib=0.5, candidates=8)
-    studio = Studio(Pipeline.load(dalle_run), dalle_run, limits)
+    studio = Studio(Pipeline.load(dalle_run), limits)
     noise = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
     big = tmp_path / "big.png"
     big.write_bytes(encode(Image.fromarray(noise)))  # ~120 KB on disk
@@ -135,7 +135,7 @@ def test_every_event_waits_in_one_queue(studio):
 
 def test_uploads_are_bounded_and_deleted_and_a_password_can_be_required(dalle_run, capsys):
     limits = Limits(upload_mib=0.05, upload_lifetime_s=1)
-    studio = Studio(Pipeline.load(dalle_run), dalle_run, limits)
+    studio = Studio(Pipeline.load(dalle_run), limits)
     assert listening_notice("127.0.0.1", False, limits) is None
     port = free_port()
     app = launch(studio, "127.0.0.1", port, block=False)

@@ -1,8 +1,10 @@
 """The image tokenizer seam: what the transformer, the token cache and sampling need of it.
 
 Any model that turns a (B, 3, S, S) image in [0, 1] into a (B, h, w) grid of codes and back
-serves: the paper's dVAE (vqvae/model.py) today, a VQGAN-style model tomorrow. Consumers see only
-these five names and `load_image_tokenizer`, which builds whichever class a folder records.
+serves: the paper's dVAE trained here (vqvae/model.py), and the tokenizers people already have,
+converted by vqvae/convert.py: OpenAI's dVAE (vqvae/openai_dvae.py), taming's VQGAN and
+LlamaGen's VQ (vqvae/vqgan.py). Consumers see only these five names and `load_image_tokenizer`,
+which builds whichever class a folder records.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import torch
 
 from pretrained import load_pretrained
 from vqvae.model import DiscreteVAE
+from vqvae.openai_dvae import OpenAIDiscreteVAE
+from vqvae.vqgan import VQGAN
 
-IMAGE_TOKENIZERS: list[type] = [DiscreteVAE]  # classes load_image_tokenizer can build
+# The classes load_image_tokenizer can build.
+IMAGE_TOKENIZERS: list[type] = [DiscreteVAE, OpenAIDiscreteVAE, VQGAN]
 
 
 @runtime_checkable

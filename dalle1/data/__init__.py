@@ -9,7 +9,12 @@ from torch.utils.data import Dataset, IterableDataset
 
 from dalle1.data.folder import ImageFolderDataset
 from dalle1.data.shards import TarShardDataset
-from dalle1.data.token_cache import TokenCacheDataset, cache_captions, is_token_cache
+from dalle1.data.token_cache import (
+    TokenCacheDataset,
+    cache_captions,
+    image_source,
+    is_token_cache,
+)
 
 
 def open_source(
@@ -45,6 +50,7 @@ __all__ = [
     "ImageFolderDataset",
     "TarShardDataset",
     "TokenCacheDataset",
+    "image_source",
     "is_token_cache",
     "iter_captions",
     "open_source",

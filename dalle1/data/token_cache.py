@@ -6,7 +6,8 @@
 
 This module is the one place that knows the layout: `TokenCacheWriter` writes it,
 `TokenCacheDataset` reads it as (codes (h, w) int64, caption), one caption drawn per epoch in
-training, and `cache_captions` lists every caption without loading any codes.
+training, `cache_captions` lists every caption without loading any codes, and `image_source`
+names the images a cache was encoded from.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ def _read_meta(folder: Path) -> dict:
     if not is_token_cache(folder):
         raise FileNotFoundError(f"{str(folder)!r} is not a token cache: {META_FILE} missing")
     return json.loads((folder / META_FILE).read_text())
+
+
+def image_source(source: str | Path) -> str:
+    """The images behind a data source: a token cache's own source, any other source itself."""
+    if not is_token_cache(source):
+        return str(source)
+    return str(_read_meta(Path(source)).get("source", source))
 
 
 def cache_captions(folder: str | Path) -> Iterator[str]:

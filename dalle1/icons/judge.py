@@ -128,6 +128,23 @@ def all_cells(data: Path) -> tuple[list[list[str]], list[str], list[str]]:
     return [[o, s] for o in objects for s in styles], objects, styles
 
 
+@dataclass
+class JudgeTrainingConfig:
+    """What `python train.py icons-judge` trains."""
+
+    data: str = ""  # the icons folder (train.py icons --out)
+    out: str = ""  # where the judge goes; "" = DATA/judge
+    steps: int = 4000  # updates of 64 drawings
+    width: int = 32  # the first stage's channels
+    size: int = 64  # side the judge reads images at
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("data: give the icons folder (--data DIR)")
+        if self.steps < 1 or self.width < 1 or self.size < 16:
+            raise ValueError("steps and width must be positive and size at least 16")
+
+
 def train_judge(
     data: str | Path,
     out: str | Path,

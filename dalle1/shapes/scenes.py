@@ -345,6 +345,7 @@ class ShapesConfig:
     # train (one and two objects), single, pair (seen pairs), novel (held-out pairs), incontext
     # (two panels, seen combinations), incontext_novel (held-out combinations)
     split: str = "train"
+    # COLOUR:SHAPE pairs never drawn together in train (the novel split asks for them)
     holdout: list[str] = field(default_factory=lambda: ["red:triangle", "blue:circle"])
     pair_fraction: float = 0.5  # share of two-object scenes in the train split
     # Share of in-context scenes (two panels: an object, then the same transformed as the

@@ -16,18 +16,20 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from einops import rearrange
 from torch.utils.data import DataLoader
 
-from dalle1.data import TokenCacheDataset, is_token_cache, open_source
+from dalle1.data import TokenCacheDataset, image_source, is_token_cache, open_source
 from dalle1.images import make_grid
 from dalle1.sampling import SamplingConfig, generate, padding_text
 from dalle1.stages import Stage
 from dalle1.tokenizer import TextTokenizer
 from dalle1.training import OptimConfig, TrainConfig, Trainer
 from dalle1.transformer import DALLE, DALLEConfig
+from pretrained.run import write_manifest
 from vqvae import ImageTokenizer, load_image_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -112,6 +114,15 @@ class DALLEStage(Stage):
         trainer.tokens_per_sample = model_config.layout.length
         self.image_tokenizer.to(trainer.device)
         trainer.start(resume, restart, init_from)
+        if trainer.rank == 0:  # what sampling from this run needs, relative to it
+            held_out = image_source(data.eval_source or data.source)  # pictures to complete
+            write_manifest(
+                config.train.run_dir,
+                image_tokenizer=data.image_tokenizer,
+                text_tokenizer=data.text_tokenizer,
+                clip=data.clip,
+                eval_data=held_out if Path(held_out).is_dir() else None,  # not tar shards
+            )
         n_params = sum(p.numel() for p in model.parameters())
         logger.info(
             "transformer: %.2fM parameters, %d positions",

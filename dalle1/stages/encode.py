@@ -4,6 +4,7 @@ cache, dalle1/data/token_cache.py)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch.utils.data import DataLoader
@@ -15,6 +16,22 @@ from pretrained import resolve_model_folder
 from vqvae import load_image_tokenizer
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodeConfig:
+    """What `python train.py encode` writes."""
+
+    vqvae: str = ""  # the image tokenizer: a dVAE run, or any tokenizer's model folder
+    data: str = ""  # the images: a folder or tar shards
+    out: str = ""  # the token cache folder to write
+    batch_size: int = 64  # images per encoder call
+    shard_size: int = 10000  # images per cache shard
+    device: str = "auto"  # auto, cpu, cuda, ...
+
+    def __post_init__(self) -> None:
+        if not self.vqvae or not self.data or not self.out:
+            raise ValueError("give the image tokenizer (--vqvae), the images (--data) and --out")
 
 
 def encode_dataset(

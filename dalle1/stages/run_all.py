@@ -2,7 +2,8 @@
 
     OUT/data/{train,eval}        a folder source split in two (as links) when no eval data is given
     OUT/tokenizer.model          BPE over the training captions
-    OUT/vqvae, OUT/clip, OUT/dalle   runs of configs/{vqvae,clip,dalle}_PRESET.yaml
+    OUT/vqvae, OUT/clip, OUT/dalle   runs of configs/{vqvae,clip,dalle}_PRESET.yaml (no vqvae run
+                                 when an image tokenizer is given: --image-tokenizer)
     OUT/cache/{train,eval}       token caches
     OUT/samples/NN.png           reranked grids for held-out captions (captions.txt names them)
     OUT/completion.png           a held-out image's top half, completed
@@ -18,12 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from dalle1.config import ConfigError, load_config
-from dalle1.data import ImageFolderDataset, iter_captions, open_source
+from dalle1.data import ImageFolderDataset, is_token_cache, iter_captions, open_source
 from dalle1.images import make_grid, save_image
 from dalle1.pipeline import Pipeline
 from dalle1.stages.clip import CLIPRunConfig, train_clip
@@ -31,7 +33,8 @@ from dalle1.stages.dalle import DALLERunConfig, train_dalle
 from dalle1.stages.encode import encode_dataset
 from dalle1.stages.vqvae import VQVAERunConfig, train_vqvae
 from dalle1.tokenizer import train_tokenizer
-from dalle1.training.checkpoint import latest_checkpoint
+from pretrained.run import latest_step
+from vqvae import load_image_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TRAINED = {
@@ -49,6 +52,26 @@ Per-stage overrides: STAGE.key=value, e.g. dalle.train.max_steps=20000 vqvae.tra
 (every key: python train.py STAGE --help)."""
 HELD_OUT_SHARE, HELD_OUT_MAX = 0.05, 500  # of a folder, when no eval data is given
 SAMPLES, KEEP = 32, 8  # candidates per caption and the best kept in the grids
+
+
+@dataclass
+class AllConfig:
+    """What `python train.py all` runs; each stage's own keys are overrides: STAGE.key=value."""
+
+    data: str = ""  # captioned images: a folder or tar shards
+    out: str = ""  # the output folder: one run per stage
+    # held-out images; none: for a folder, 5% of it (at most 500), set aside as links in
+    # OUT/data/eval (tar shards need it)
+    eval_data: str | None = None
+    preset: str = "cpu64"  # configs/STAGE_PRESET.yaml to start from (the presets below)
+    text_vocab: int = 16384  # BPE ids (fewer when the captions are few)
+    # a trained or converted image tokenizer (python -m dalle1 convert-tokenizer): the vqvae
+    # stage is skipped and every later stage uses it
+    image_tokenizer: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.data or not self.out:
+            raise ValueError("give the images (--data) and the output folder (--out)")
 
 
 def presets(configs: Path = CONFIGS) -> list[str]:
@@ -72,10 +95,8 @@ def split_overrides(overrides: list[str]) -> dict[str, list[str]]:
 
 
 def finished(run_dir: Path, max_steps: int) -> bool:
-    latest = latest_checkpoint(run_dir / "checkpoints")
-    return (
-        latest is not None and json.loads((latest / "state.json").read_text())["step"] >= max_steps
-    )
+    step = latest_step(run_dir)
+    return step is not None and step >= max_steps
 
 
 class AllStages:
@@ -90,7 +111,9 @@ class AllStages:
         overrides: list[str] = (),
         text_vocab: int = 16384,
         configs: Path = CONFIGS,
+        image_tokenizer: str | Path | None = None,
     ) -> None:
+        """image_tokenizer: a trained or converted one (model or run folder): no vqvae stage."""
         self.out, self.preset, self.text_vocab, self.configs = (
             Path(out),
             preset,
@@ -102,6 +125,10 @@ class AllStages:
         self.overrides = split_overrides(list(overrides))
         self.data, self.eval_data = data, eval_data
         self.tokenizer = self.out / "tokenizer.model"
+        self.given_image_tokenizer = image_tokenizer is not None
+        self.image_tokenizer = Path(image_tokenizer or self.out / "vqvae")
+        if self.given_image_tokenizer:  # a wrong folder stops here, before any work
+            load_image_tokenizer(self.image_tokenizer)
         for kind in TRAINED:  # a bad key stops here, before any work
             self.config(kind)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -159,8 +186,8 @@ class AllStages:
         done = False
         for split, source in (("train", self.data), ("eval", self.eval_data)):
             cache = self.out / "cache" / split
-            if not (cache / "meta.json").is_file():
-                encode_dataset(self.out / "vqvae", source, cache)
+            if not is_token_cache(cache):
+                encode_dataset(self.image_tokenizer, source, cache)
                 done = True
         return done
 
@@ -176,7 +203,8 @@ class AllStages:
         self.stage("split", self.split)
         self.stage("tokenizer", self.make_tokenizer)
         images = [f"data.source={self.data}", f"data.eval_source={self.eval_data}"]
-        self.stage("vqvae", lambda: self.train("vqvae", *images))
+        if not self.given_image_tokenizer:
+            self.stage("vqvae", lambda: self.train("vqvae", *images))
         self.stage("token cache", self.encode)
         self.stage(
             "clip", lambda: self.train("clip", *images, f"data.text_tokenizer={self.tokenizer}")
@@ -187,7 +215,8 @@ class AllStages:
             f"data.source={out / 'cache' / 'train'}",
             f"data.eval_source={out / 'cache' / 'eval'}",
         ]
-        dalle += [f"data.image_tokenizer={out / 'vqvae'}", f"data.text_tokenizer={self.tokenizer}"]
+        dalle += [f"data.image_tokenizer={self.image_tokenizer}"]
+        dalle += [f"data.text_tokenizer={self.tokenizer}"]
         dalle += [f"data.clip={out / 'clip'}", f"data.sample_captions={json.dumps(captions[:2])}"]
         self.stage("dalle", lambda: self.train("dalle", *dalle))
         self.stage("samples", lambda: write_samples(out, captions, self.eval_data))

@@ -35,6 +35,7 @@ from torch import nn
 from dalle1.config import save_config
 from dalle1.training import distributed
 from pretrained import BEST_FOLDER, WEIGHTS_FILE, check_fits, resolve_model_folder, step_folders
+from pretrained.run import RUN_CONFIG_FILE, STATE_FILE, read_state
 
 logger = logging.getLogger(__name__)
 
@@ -184,15 +185,15 @@ class Checkpointer:
             torch.save(optimizer_state, folder / "optimizer.pt")
             torch.save(rng_state(), folder / "rng.pt")
             torch.save(self.stage_state, folder / "stage_state.pt")
-            (folder / "state.json").write_text(json.dumps(position))
-            save_config(run_config, folder / "config.yaml")
+            (folder / STATE_FILE).write_text(json.dumps(position))
+            save_config(run_config, folder / RUN_CONFIG_FILE)
         final = step_folder(self.root, position["step"])
         logger.info("saved checkpoint %s", final)
         return final
 
     def best_loss(self) -> float:
-        state = self.root.parent / BEST_FOLDER / "state.json"
-        return json.loads(state.read_text())["loss"] if state.is_file() else float("inf")
+        best = self.root.parent / BEST_FOLDER
+        return read_state(best)["loss"] if (best / STATE_FILE).is_file() else float("inf")
 
     def save_if_best(self, step: int, loss: float, run_config: Any) -> bool:
         """Write the inference weights to RUN/best when `loss` (held out) is the lowest yet.
@@ -207,8 +208,8 @@ class Checkpointer:
             shutil.rmtree(stale, ignore_errors=True)
         temp = self.root.parent / f"{TEMP_PREFIX}{BEST_FOLDER}_{os.getpid()}"
         self.model.save_pretrained(temp, inference)
-        (temp / "state.json").write_text(json.dumps({"step": step, "loss": loss}))
-        save_config(run_config, temp / "config.yaml")
+        (temp / STATE_FILE).write_text(json.dumps({"step": step, "loss": loss}))
+        save_config(run_config, temp / RUN_CONFIG_FILE)
         _fsync_tree(temp)
         if best.exists():  # the swap is two renames: a crash between them leaves no best/,
             old = best.with_name(f"{TEMP_PREFIX}{BEST_FOLDER}_old_{os.getpid()}")
@@ -243,7 +244,7 @@ class Checkpointer:
         try:
             rng = torch.load(folder / "rng.pt", weights_only=True)
             saved = torch.load(folder / "stage_state.pt", map_location=device, weights_only=True)
-            position = json.loads((folder / "state.json").read_text())
+            position = read_state(folder)
         except Exception as err:
             raise ValueError(f"cannot resume from {str(folder)!r}: {err}") from err
         set_rng_state(rng)

@@ -34,6 +34,7 @@ from dalle1.training.checkpoint import Checkpointer
 from dalle1.training.data_order import DataOrder
 from dalle1.training.metrics import MetricLogger
 from dalle1.training.optim import OptimConfig, build_optimizer, clip_gradients, lr_at
+from pretrained.run import RUN_CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ class Trainer:
             self.start()
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.run_config, self.run_dir / "config.yaml")
+            save_config(self.run_config, self.run_dir / RUN_CONFIG_FILE)
         metrics = MetricLogger(
             self.run_dir,
             config.max_steps,
