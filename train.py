@@ -137,6 +137,7 @@ def run_demo(config: DemoConfig, args: argparse.Namespace) -> None:
         config.eval,
         seed=config.seed,
         incontext_share=config.incontext_share,
+        stage_overrides=args.stage_overrides,
     )
 
 

@@ -15,6 +15,7 @@ mask allows in each layer (its scores and its weighted sum).
     python bench/sampling_speed.py              # everything (about 15 minutes on 2 cores)
     python bench/sampling_speed.py --quick      # 4 and 32 candidates, no compile rows
     python bench/sampling_speed.py --device cuda --precision bf16 --models 1280 1280-wide
+    python bench/sampling_speed.py --models 1280 --candidates 512 --no-full --precision fp32 bf16
 """
 
 from __future__ import annotations
@@ -244,7 +245,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4 and 32 candidates, no compile")
     parser.add_argument("--models", nargs="+", default=["demo", "1280"], choices=MODELS)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="auto", help="the windowed path's: auto, fp32, bf16")
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["auto"],
+        help="the windowed path's, a row each: auto, fp32, bf16 (bf16 on a CPU with avx512_bf16 "
+        "or amx: e.g. --precision fp32 bf16)",
+    )
+    parser.add_argument(
+        "--candidates", nargs="+", type=int, help="candidate counts (default 4 32 512; quick: 4 32)"
+    )
+    parser.add_argument(
+        "--no-full", action="store_true", help="skip the full-cache path of before (slow at 512)"
+    )
     parser.add_argument("--json", default="runs/bench/sampling_speed.json")
     args = parser.parse_args()
     device = pick_device(args.device)
@@ -257,14 +270,18 @@ def main() -> None:
     }
     print(f"both paths give the same greedy codes: {report['greedy_codes_agree']}")
     for name in args.models:
-        for n in (4, 32) if args.quick else (4, 32, 512):
-            for path in ("full cache (before)", "windowed"):
-                row = in_fresh_process(run_path, name, path, n, args.device, args.precision)
+        counts = args.candidates or ((4, 32) if args.quick else (4, 32, 512))
+        paths = [("windowed", precision) for precision in args.precision]
+        if not args.no_full:
+            paths.insert(0, ("full cache (before)", "fp32"))
+        for n in counts:
+            for path, precision in paths:
+                row = in_fresh_process(run_path, name, path, n, args.device, precision)
                 cells = n * build(name, torch.device("cpu")).config.grid ** 2
                 row |= {
                     "model": name,
                     "n": n,
-                    "path": path,
+                    "path": path if precision == "auto" else f"{path}, {precision}",
                     "images_per_s": n / row["seconds"],
                     "image_tokens_per_s": cells / row["seconds"],
                     "x_flop_time": row["seconds"] * row["matmul_gflops"] * 1e9 / row["flops"],

@@ -76,13 +76,15 @@ def run_demo(
     configs: Path = CONFIGS,
     seed: int = 0,
     incontext_share: float = INCONTEXT_SHARE,
+    stage_overrides: list[str] = (),
 ) -> dict:
     """seed: of every training stage (weights, data order, noise); the data is always the same.
-    incontext_share: of two-panel in-context scenes among the training scenes."""
+    incontext_share: of two-panel in-context scenes among the training scenes; stage_overrides:
+    STAGE.key=value, after the demo's own."""
     out, pairs = Path(out), [s for s in holdout.split(",") if s]
     data = out / "data"
     overrides = [f"{kind}.model.image_size={size}" for kind in ("vqvae", "clip")]
-    overrides += [f"{kind}.train.seed={seed}" for kind in TRAINED]
+    overrides += [f"{kind}.train.seed={seed}" for kind in TRAINED] + list(stage_overrides)
     run = AllStages(
         out, str(data / "train"), str(data / "pair"), "shapes", overrides, TOKENIZER_VOCAB, configs
     )

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from dalle1.device import autocast, autocast_dtype, free_memory
 from dalle1.kv_cache import KVCache, row_bytes
@@ -90,11 +91,31 @@ def pick(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generato
         logits = logits / config.temperature
     if config.top_k or config.top_p < 1:
         logits = filter_logits(logits, config.top_k, config.top_p)
-    cumulative = torch.softmax(logits, dim=-1).cumsum(-1)
-    # u in (0, total]: the first code whose cumulative mass reaches u has a probability > 0.
     draw = torch.rand(len(logits), 1, generator=generator, device=logits.device)
-    u = (1 - draw) * cumulative[:, -1:]
-    return torch.searchsorted(cumulative, u).squeeze(1)
+    return invert_cumulative(torch.softmax(logits, dim=-1), 1 - draw)
+
+
+def invert_cumulative(weights: torch.Tensor, fraction: torch.Tensor, block: int = 128):
+    """(B, K) weights >= 0 (each row's sum > 0), (B, 1) fractions in (0, 1] -> (B,) the first
+    index whose cumulative weight reaches fraction x the row's total; never one of weight 0.
+
+    In two levels, as a sequential cumulative sum over all K is the cost on a CPU: the sums of
+    blocks of `block` weights locate the block, then one block's cumulative sum the index.
+    """
+    rows, count = weights.shape
+    if count % block:
+        weights = F.pad(weights, (0, -count % block))
+    padded = weights.view(rows, -1, block)  # (B, nb, block)
+    totals = padded.sum(-1).cumsum(-1)  # (B, nb)
+    target = fraction * totals[:, -1:]
+    chosen = torch.searchsorted(totals, target).clamp(max=totals.shape[1] - 1)  # (B, 1)
+    before = torch.where(chosen > 0, totals.gather(1, (chosen - 1).clamp(min=0)), 0.0)
+    inside = padded.gather(1, chosen[:, :, None].expand(-1, -1, block))[:, 0]  # (B, block)
+    index = torch.searchsorted(before + inside.cumsum(-1), target)
+    # Rounding may leave the target just past the block's end: its last positive weight then.
+    last = (inside > 0) * torch.arange(block, device=weights.device)
+    index = torch.minimum(index, last.amax(-1, keepdim=True))
+    return (chosen * block + index).squeeze(1)
 
 
 def padding_text(model: DALLE, batch: int, device: torch.device) -> torch.Tensor:

@@ -32,7 +32,6 @@ from dalle1.images import to_pil
 from dalle1.pipeline import Pipeline
 from dalle1.regions import box_mask, highlight
 from dalle1.sampling import SamplingConfig
-from pretrained import read_model_config, resolve_model_folder
 from pretrained.run import RunParts, example_pictures
 
 logger = logging.getLogger(__name__)
@@ -83,7 +82,6 @@ class Studio:
         """The run's parts and sizes, as Markdown."""
         parts = self.pipe.parts
         c, tokenizer = self.pipe.dalle.config, self.pipe.image_tokenizer
-        tokenizer_class, _ = read_model_config(resolve_model_folder(parts.image_tokenizer))
         count = sum(p.numel() for p in self.pipe.dalle.parameters())
         clip = parts.clip or "none (candidates in drawing order)"
         return "\n".join(
@@ -92,7 +90,7 @@ class Studio:
                 f"{count / 1e6:.1f}M parameters, "
                 f"width {c.width}, depth {c.depth}, {c.heads} heads, {c.attention} attention, "
                 f"{c.text_length} text + {c.grid}x{c.grid} image positions",
-                f"- **Image tokenizer**: `{parts.image_tokenizer}` ({tokenizer_class}): "
+                f"- **Image tokenizer**: `{parts.image_tokenizer}` ({type(tokenizer).__name__}): "
                 f"{tokenizer.image_size} px images as {tokenizer.grid}x{tokenizer.grid} codes of "
                 f"{tokenizer.codebook_size}",
                 f"- **Text tokenizer**: `{parts.text_tokenizer}`: "

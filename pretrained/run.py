@@ -135,11 +135,12 @@ def run_parts(path: str | Path) -> RunParts:
     """The parts of a transformer run folder (or checkpoint) or of an exported model."""
     transformer = resolve_model_folder(path)
     root = run_root(transformer)
+    step = read_state(transformer)["step"] if (transformer / STATE_FILE).is_file() else None
     if (root / MANIFEST_FILE).is_file():
         record, where = _read_manifest(root), f"{str(root / MANIFEST_FILE)!r}"
         paths = {k: (root / record[k] if record.get(k) else None) for k in PART_KEYS}
-        sampling = record.get("sampling")
-        if sampling is None and (transformer / RUN_CONFIG_FILE).is_file():
+        sampling, step = record.get("sampling"), record.get("step", step)  # an export's own
+        if sampling is None:  # a run's: its config's
             sampling = read_run_config(transformer).get("sampling")
     else:  # a run from before manifests: its config's paths, as they were written
         config = read_run_config(transformer)
@@ -158,9 +159,6 @@ def run_parts(path: str | Path) -> RunParts:
                 f"the {key} of {str(path)!r} is missing: {where} names {str(paths[key])!r}"
             )
     eval_data = paths["eval_data"] if paths["eval_data"] and paths["eval_data"].exists() else None
-    step = read_state(transformer)["step"] if (transformer / STATE_FILE).is_file() else None
-    if step is None and (root / MANIFEST_FILE).is_file():
-        step = _read_manifest(root).get("step")
     return RunParts(
         transformer,
         paths["image_tokenizer"],

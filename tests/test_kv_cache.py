@@ -8,7 +8,14 @@ import torch
 import dalle1.sampling
 from dalle1.kv_cache import SlotPlan, row_bytes
 from dalle1.masks import MASKS, StreamLayout, layer_masks
-from dalle1.sampling import SamplingConfig, generate, pick, prefill, sample_candidates
+from dalle1.sampling import (
+    SamplingConfig,
+    generate,
+    invert_cumulative,
+    pick,
+    prefill,
+    sample_candidates,
+)
 
 LAYOUTS = [
     StreamLayout(2, 3, 3),
@@ -173,3 +180,22 @@ def test_the_cache_holds_the_bytes_the_batch_size_is_planned_with(tiny_dalle, ra
     masks = layer_masks(c.depth, c.attention)
     text_bytes = 2 * c.depth * c.text_length * c.width * 4 / 4  # once for the 4 rows
     assert cache.bytes_per_row() == row_bytes(c.layout, masks, c.width, 4) + text_bytes
+
+
+def test_the_two_level_inversion_finds_the_first_code_reaching_the_draw():
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.rand(500, 1000, generator=generator)
+    weights[weights < 0.6] = 0  # many codes of probability 0, whole blocks of them too
+    weights[:, 128:384] = 0
+    fraction = 1 - torch.rand(500, 1, generator=generator)
+    drawn = invert_cumulative(weights, fraction, block=128)
+    cumulative = weights.double().cumsum(-1)
+    target = fraction.double() * cumulative[:, -1:]
+    want = torch.searchsorted(cumulative, target).squeeze(1)
+    assert (weights.gather(1, drawn[:, None]) > 0).all()  # never a code of weight 0
+    wrong = drawn != want  # float rounding may move a draw that lies on a boundary
+    assert wrong.float().mean() < 0.01
+    reached = cumulative.gather(1, drawn[:, None])
+    assert ((reached - target).abs()[wrong] <= 1e-5 * cumulative[:, -1:][wrong]).all()
+    edge = invert_cumulative(torch.tensor([[0.0, 2.0, 0.0]]), torch.ones(1, 1), block=2)
+    assert edge.tolist() == [1]  # the whole mass: the last code of positive weight
