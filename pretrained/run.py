@@ -252,8 +252,13 @@ def model_card(
         "",
         f"Sampling settings: `{json.dumps(sampling)}`.",
     ]
-    if parts.eval_data is not None:
-        lines.append(f"Held-out data at training time: `{parts.eval_data}`.")
+    if (parts.transformer / RUN_CONFIG_FILE).is_file():  # what it was trained on, and how long
+        config = read_run_config(parts.transformer)
+        data, train = config.get("data") or {}, config.get("train") or {}
+        lines.append(
+            f"Trained on `{data.get('source')}` (held out: `{data.get('eval_source')}`), "
+            f"{train.get('max_steps')} steps of {train.get('batch_size')}."
+        )
     if report:
         lines += ["", "Figures recorded with the run:", "", "```json", json.dumps(report, indent=1)]
         lines.append("```")
