@@ -1,12 +1,13 @@
 """Sampling speed at the paper's scale: the full-cache path of before against the windowed cache.
 
-For the demo model and a 1280-position model (256 text + 32x32 image positions), 4, 32 and 512
-candidates of one caption, each path in a fresh process (so that its peak memory is its own):
-images/s, image tokens/s, the time the run's FLOPs take at the matmul rate (the better of a
-2048^3 matmul just before and just after the run, in its process), the peak memory over the
-model's, and the KV-cache bytes per candidate. Then the compiled decode step against the eager
-one (cold compile time, ms per step, from how many candidates it pays), and, computed rather
-than run, the cache bytes per candidate of larger models in bf16.
+For the demo model and a 1280-position model (256 text + 32x32 image positions), with the
+paper's sparse masks (or causal ones: --attention), 4, 32 and 512 candidates of one caption,
+each path in a fresh process (so that its peak memory is its own): images/s, image tokens/s, the
+time the run's FLOPs take at the matmul rate (the better of a 2048^3 matmul just before and just
+after the run, in its process), the peak memory over the model's, and the KV-cache bytes per
+candidate. Then the compiled decode step against the eager one (cold compile time, ms per step,
+from how many candidates it pays), and, computed rather than run, the cache bytes per candidate
+of larger models in bf16.
 
 FLOPs of a run: 2 per weight per position (the blocks, and the image head at image positions)
 for the caption's text once and every candidate's image positions, plus 4 d per key a query's
@@ -16,6 +17,8 @@ mask allows in each layer (its scores and its weighted sum).
     python bench/sampling_speed.py --quick      # 4 and 32 candidates, no compile rows
     python bench/sampling_speed.py --device cuda --precision bf16 --models 1280 1280-wide
     python bench/sampling_speed.py --models 1280 --candidates 512 --no-full --precision fp32 bf16
+    python bench/sampling_speed.py --quick --models 1280 --attention sparse causal \
+        --candidates 4 32 512                   # the paper's masks and causal ones, no compile
 """
 
 from __future__ import annotations
@@ -90,9 +93,9 @@ def paths_agree(name: str, device: torch.device) -> bool:
     return torch.equal(before, generate(model, text, SamplingConfig(temperature=0)))
 
 
-def build(name: str, device: torch.device) -> DALLE:
+def build(name: str, device: torch.device, attention: str = "sparse") -> DALLE:
     torch.manual_seed(0)
-    config = DALLEConfig(**MODELS[name], attention="sparse", attention_impl="dense")
+    config = DALLEConfig(**MODELS[name], attention=attention, attention_impl="dense")
     return DALLE(config).eval().to(device)
 
 
@@ -126,10 +129,12 @@ def cache_bytes_per_candidate(model: DALLE, path: str, n: int, element: int) -> 
     return row_bytes(c.layout, masks, c.width, element) + text / n
 
 
-def run_path(name: str, path: str, n: int, device: str, precision: str) -> dict:
+def run_path(
+    name: str, path: str, n: int, device: str, precision: str, attention: str = "sparse"
+) -> dict:
     """One row of the table, in its own process."""
     device = pick_device(device)
-    model = build(name, device)
+    model = build(name, device, attention)
     text = torch.randint(0, model.config.text_vocab_size, (model.config.text_length,))
     text = text.to(device)
     generator = torch.Generator(device).manual_seed(0)
@@ -258,6 +263,16 @@ def main() -> None:
     parser.add_argument(
         "--no-full", action="store_true", help="skip the full-cache path of before (slow at 512)"
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run the paths of each count this often, in turn"
+    )
+    parser.add_argument(
+        "--attention",
+        nargs="+",
+        default=["sparse"],
+        choices=("sparse", "causal"),
+        help="the models' masks, a row each (default sparse: the paper's)",
+    )
     parser.add_argument("--json", default="runs/bench/sampling_speed.json")
     args = parser.parse_args()
     device = pick_device(args.device)
@@ -269,17 +284,17 @@ def main() -> None:
         "computed": computed_rows(),
     }
     print(f"both paths give the same greedy codes: {report['greedy_codes_agree']}")
-    for name in args.models:
+    for name, attention in [(m, a) for m in args.models for a in args.attention]:
         counts = args.candidates or ((4, 32) if args.quick else (4, 32, 512))
         paths = [("windowed", precision) for precision in args.precision]
         if not args.no_full:
             paths.insert(0, ("full cache (before)", "fp32"))
         for n in counts:
-            for path, precision in paths:
-                row = in_fresh_process(run_path, name, path, n, args.device, precision)
+            for path, precision in paths * args.repeat:
+                row = in_fresh_process(run_path, name, path, n, args.device, precision, attention)
                 cells = n * build(name, torch.device("cpu")).config.grid ** 2
                 row |= {
-                    "model": name,
+                    "model": name if attention == "sparse" else f"{name}, {attention}",
                     "n": n,
                     "path": path if precision == "auto" else f"{path}, {precision}",
                     "images_per_s": n / row["seconds"],
