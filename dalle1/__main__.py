@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from dalle1.data import image_source
+from dalle1.data.folder import example_pictures, first_caption
 from dalle1.data.transforms import (
     BadSample,
     decode_image,
@@ -39,7 +40,7 @@ from dalle1.regions import box_mask, highlight, parse_box, read_mask, to_model_s
 from dalle1.sampling import SamplingConfig
 from dalle1.shapes.benchmark import SUITES, evaluate_suite, suite_folder
 from dalle1.shapes.judge import judge_folder
-from pretrained.run import example_pictures, export_run
+from pretrained.run import export_run
 from vqvae.convert import SOURCES, convert
 
 
@@ -213,12 +214,6 @@ def run_export(args: argparse.Namespace) -> None:
             raise ValueError(f"cannot read the report {args.report!r}: {err}") from err
     out = export_run(args.run, args.out, asdict(pipe.sampling), examples, report)
     print(f"{out}: the model, its parts, {len(examples)} examples and README.md (the model card)")
-
-
-def first_caption(picture: Path) -> str:
-    """The first caption of a picture's NAME.txt ('' without one)."""
-    text = picture.with_suffix(".txt")
-    return text.read_text().splitlines()[0].strip() if text.is_file() else ""
 
 
 def run_convert_tokenizer(args: argparse.Namespace) -> None:

@@ -27,12 +27,13 @@ import torch
 from PIL import Image, ImageDraw
 
 from dalle1.data import image_source
+from dalle1.data.folder import example_pictures
 from dalle1.data.transforms import BadSample, read_image
 from dalle1.images import to_pil
 from dalle1.pipeline import Pipeline
 from dalle1.regions import box_mask, highlight
 from dalle1.sampling import SamplingConfig
-from pretrained.run import RunParts, example_pictures
+from pretrained.run import RunParts
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,6 @@ CARD_FILE = "README.md"
 EXAMPLES_FOLDER = "examples"
 EXAMPLES = 12  # held-out pictures an export carries
 PART_KEYS = ("image_tokenizer", "text_tokenizer", "clip", "eval_data")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def read_state(folder: str | Path) -> dict:
@@ -268,11 +267,3 @@ def model_card(
 def _sizes(config: dict) -> str:
     keys = ("width", "depth", "heads", "text_length", "grid", "image_size", "codebook_size")
     return ", ".join(f"{k} {config[k]}" for k in keys if k in config) or "see model_config.json"
-
-
-def example_pictures(folder: Path, limit: int = EXAMPLES) -> list[Path]:
-    """The first pictures of an image folder, by name."""
-    if not folder.is_dir():
-        return []
-    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    return found[:limit]

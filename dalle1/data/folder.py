@@ -120,3 +120,19 @@ class ImageFolderDataset(Dataset):
             rng = random.Random(f"{self.seed}/{self.epoch}/{index}") if self.train else None
             return make_sample(image, captions, self.image_size, rng, self.all_captions)
         raise RuntimeError(f"no image in {str(self.root)!r} could be decoded")
+
+
+def example_pictures(folder: str | Path, limit: int = 12) -> list[Path]:
+    """The first `limit` pictures of a folder (not its subfolders), by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[:limit]
+
+
+def first_caption(picture: Path) -> str:
+    """The first caption of a picture's NAME.txt ('' without a readable one)."""
+    try:
+        return decode_caption(picture.with_suffix(".txt").read_bytes())[0]
+    except (OSError, BadSample):
+        return ""
