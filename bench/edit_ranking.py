@@ -4,9 +4,12 @@ For the first N scenes of the edit suite (a box around one object of a two-objec
 caption asking for another object there), C candidates each are drawn once, judged, and picked
 by each ranking: CLIP alone (weight 0), CLIP + w x the kept cells' log-likelihood (each
 standardised over the candidates) for each w, the likelihood alone, and the first draw. Prints
-the accuracy of each pick per run, and writes them as JSON.
+the accuracy of each pick per run, and writes them as JSON. With several --top-p, the candidates
+are drawn once per nucleus and each ranking gets a row per nucleus.
 
     python bench/edit_ranking.py --runs runs/demo/dalle runs/demo_seed1/dalle --n 200
+    python bench/edit_ranking.py --runs runs/demo/dalle runs/demo_seed1/dalle --n 200 \
+        --weights 1 --top-p 0.7 0.8 0.9 1
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,6 +33,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="scenes per run (default 200)")
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--weights", nargs="+", type=float, default=[0.25, 0.5, 1.0, 2.0])
+    parser.add_argument(
+        "--top-p", nargs="+", type=float, help="nuclei to draw from (default: the run's)"
+    )
     parser.add_argument("--json", default="runs/bench/edit_ranking.json")
     args = parser.parse_args()
     report = {}
@@ -36,15 +43,18 @@ def main() -> None:
         pipe = Pipeline.load(run)
         folder = suite_folder(Path(image_source(pipe.parts.eval_data)).parent, "edit")
         picks: dict[str, list[bool]] = {}
-        for scene in judge_edits(pipe, folder, args.n, args.candidates):
-            rankings = {"first draw": 0, "CLIP alone": int(scene.scores.argmax())}
-            for w in args.weights:
-                rankings[f"CLIP + {w:g} x likelihood"] = int(
-                    edit_scores(scene.scores, scene.loglik, w).argmax()
-                )
-            rankings["likelihood alone"] = int(standardised(scene.loglik).argmax())
-            for name, best in rankings.items():
-                picks.setdefault(name, []).append(scene.verdicts[best]["pass"])
+        for top_p in args.top_p or [pipe.sampling.top_p]:
+            config = replace(pipe.sampling, top_p=top_p)
+            nucleus = f", top-p {top_p:g}" if args.top_p else ""
+            for scene in judge_edits(pipe, folder, args.n, args.candidates, config):
+                rankings = {"first draw": 0, "CLIP alone": int(scene.scores.argmax())}
+                for w in args.weights:
+                    rankings[f"CLIP + {w:g} x likelihood"] = int(
+                        edit_scores(scene.scores, scene.loglik, w).argmax()
+                    )
+                rankings["likelihood alone"] = int(standardised(scene.loglik).argmax())
+                for name, best in rankings.items():
+                    picks.setdefault(name + nucleus, []).append(scene.verdicts[best]["pass"])
         report[run] = {name: sum(p) / len(p) for name, p in picks.items()}
     names = list(next(iter(report.values())))
     print("| ranking | " + " | ".join(args.runs) + " | mean |")

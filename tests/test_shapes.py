@@ -147,6 +147,9 @@ def test_incontext_scenes_transform_the_top_object_below_and_hold_out_combinatio
             top, bottom = scene.objects
             kind = scene.transform["kind"]
             kinds[group].add((kind, top.shape))
+            # The caption names the top's shape, never its colour: that is read from the panel.
+            assert f"the same {top.shape} below" in scene.caption
+            assert top.colour not in scene.caption.replace(",", "").split()
             assert top.cy < 0.5 - PANEL_SIDE / 2 and abs(bottom.cy - top.cy - 0.5) < 1e-9
             for obj in (top, bottom):  # every object a seen (colour, shape)
                 assert (obj.colour, obj.shape) not in HOLDOUT

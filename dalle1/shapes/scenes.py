@@ -39,12 +39,14 @@ JITTER = 0.04  # each centre coordinate moves uniformly by up to this, in units 
 RELATIONS = ("left of", "right of", "above", "below")
 # In-context scenes (two panels): the top half holds one object, the bottom half the same object
 # transformed as the caption says. A (transform, shape of the top object) combination can be
-# held out of training and asked for in the `incontext_novel` split.
+# held out of training and asked for in the `incontext_novel` split. The caption names the top's
+# shape, as the blog's prompt names its cat ("the exact same cat on the top as a sketch on the
+# bottom"); what it leaves out (the colour, the place) must be read from the top panel.
 TRANSFORMS = ("recolour", "reshape", "mirror")
 TRANSFORM_TEMPLATES = {
-    "recolour": "the same below, in {colour}",
-    "reshape": "the same below, as a {shape}",
-    "mirror": "the same below, mirrored",
+    "recolour": "the same {top} below, in {colour}",
+    "reshape": "the same {top} below, as a {shape}",
+    "mirror": "the same {top} below, mirrored",
 }
 PANEL_SIDE = 0.26  # units of S: one object in a panel of S x S/2
 PAIR_MIN_APART = 0.4  # along the relation's axis, centres at least this far apart
@@ -236,7 +238,7 @@ def sample_incontext(
         new_cx, transform = 1 - cx, {"kind": kind}
     top = SceneObject(colour, shape, None, None, None, cx, cy, PANEL_SIDE)
     bottom = SceneObject(new_colour, new_shape, None, None, None, new_cx, cy + 0.5, PANEL_SIDE)
-    caption = TRANSFORM_TEMPLATES[kind].format(colour=new_colour, shape=new_shape)
+    caption = TRANSFORM_TEMPLATES[kind].format(top=shape, colour=new_colour, shape=new_shape)
     return Scene([top, bottom], caption, transform=transform)
 
 
