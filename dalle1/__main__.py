@@ -446,8 +446,9 @@ def add_benchmark_commands(commands) -> None:
         description="For the held-out cells of an icons split (objects in a style never seen "
         "with them in training) and as many seen cells, draw C candidates of 'OBJECT, STYLE "
         "style' and let the icons' judge read each: object top-1 and top-5, style, both, for "
-        "the first candidate and CLIP's top-1, a Fréchet distance in the judge's features, and "
-        "the judge on the image tokenizer's reconstructions (its ceiling).",
+        "the first candidate and CLIP's top-1 and how often any candidate has it (the ceiling "
+        "of reranking), a Fréchet distance in the judge's features, and the judge on the image "
+        "tokenizer's reconstructions (its ceiling).",
     )
     add_model_arguments(icons)
     icons.add_argument("--data", required=True, help="an icons split, e.g. data/icons/split_0")

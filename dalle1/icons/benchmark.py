@@ -8,6 +8,7 @@ report gives, for the first candidate drawn and for CLIP's top-1:
 - style: the judge's style is the cell's; both: object (top-1) and style right;
 - frechet: the Fréchet distance between those images and the cells' real drawings in the
   judge's features (ours, not comparable to published FIDs).
+`any_of_N`: how often at least one of the N candidates has it, the ceiling of any reranker.
 The tokenizer's ceiling is the same judge on its reconstructions of the cells' real drawings.
 """
 
@@ -138,10 +139,13 @@ def evaluate_icons(
         real = real_images(split, cells, size)
         real_features = judge.classify(real)["features"]
         first, picked, rows = [], [], []
+        any_right = {m: 0 for m in MEASURES}
         for index, judged in enumerate(
             judge_icon_candidates(pipe, judge, cells, candidates, config, seed, progress)
         ):
             first.append({k: v[0] for k, v in judged.judged.items()})
+            for m in MEASURES:
+                any_right[m] += bool(judged.judged[m].any())
             if judged.scores is not None:
                 order = judged.scores.argsort(descending=True, stable=True)
                 picked.append({k: v[order[0]] for k, v in judged.judged.items()})
@@ -150,6 +154,7 @@ def evaluate_icons(
         result = {"n": len(cells), "first": summarize(first, real_features)}
         if picked:
             result[f"clip_top1_of_{candidates}"] = summarize(picked, real_features)
+        result[f"any_of_{candidates}"] = {m: any_right[m] / len(cells) for m in MEASURES}
         result["tokenizer_ceiling"] = tokenizer_ceiling(pipe, judge, real, cells)
         report[suite] = result
         if save_dir is not None and rows:
