@@ -34,6 +34,10 @@ class CLIPConfig:
     depth: int = 4  # transformer blocks per encoder
     heads: int = 4  # attention heads per block
     embed_width: int = 128  # width of the shared image-text embedding space
+    # "patches": a transformer over patches (ViT); "conv": a small CNN (ConvImageEncoder) of
+    # conv_width channels at its first stage
+    image_encoder: str = "patches"
+    conv_width: int = 32
 
     def __post_init__(self) -> None:
         if self.patch_size % 4 or self.image_size % self.patch_size:
@@ -41,6 +45,8 @@ class CLIPConfig:
                 f"patch_size must be a multiple of 4 that divides image_size, got "
                 f"{self.patch_size} for {self.image_size}"
             )
+        if self.image_encoder not in ("patches", "conv"):
+            raise ValueError(f"image_encoder must be patches or conv, got {self.image_encoder!r}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
 
@@ -74,6 +80,34 @@ class Encoder(nn.Module):
         return self.proj(self.norm(x[:, -1] if self.causal else x[:, 0]))
 
 
+def conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class ConvImageEncoder(nn.Module):
+    """(B, 3, S, S) in [-1, 1] -> (B, embed_width): a 4x4 stride-2 stem, 4 stages of two 3x3
+    convs (conv_width x 1, 2, 4, 8 channels; stages 2-4 halve the grid), global average
+    pooling and a projection."""
+
+    def __init__(self, config: CLIPConfig) -> None:
+        super().__init__()
+        w = config.conv_width
+        layers = [nn.Conv2d(3, w, 4, 2, 1), nn.ReLU(inplace=True)]
+        channels = w
+        for stage in range(4):
+            out = w * 2**stage
+            layers += [conv_block(channels, out, 1 if stage == 0 else 2), conv_block(out, out, 1)]
+            channels = out
+        self.body = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(channels)
+        self.proj = nn.Linear(channels, config.embed_width, bias=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(self.body(images).mean(dim=(2, 3))))
+
+
 class CLIP(Pretrained, nn.Module):
     config_class, label = CLIPConfig, "CLIP"
 
@@ -83,15 +117,18 @@ class CLIP(Pretrained, nn.Module):
             raise ValueError("text_vocab_size must be set (from the tokenizer)")
         self.config = config
         w, p = config.width, config.patch_size
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, w // 4, 3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv2d(w // 4, w // 2, 3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv2d(w // 2, w, p // 4, stride=p // 4),
-        )
-        patches = (config.image_size // p) ** 2
-        self.image_encoder = Encoder(config, patches)
+        if config.image_encoder == "conv":
+            self.stem = None
+            self.image_encoder = ConvImageEncoder(config)
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, w // 4, 3, stride=2, padding=1),
+                nn.GELU(),
+                nn.Conv2d(w // 4, w // 2, 3, stride=2, padding=1),
+                nn.GELU(),
+                nn.Conv2d(w // 2, w, p // 4, stride=p // 4),
+            )
+            self.image_encoder = Encoder(config, (config.image_size // p) ** 2)
         self.token_embedding = nn.Embedding(config.text_vocab_size + config.text_length, w)
         self.text_encoder = Encoder(config, config.text_length, causal=True)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -101,8 +138,10 @@ class CLIP(Pretrained, nn.Module):
         size = self.config.image_size
         if images.ndim != 4 or images.shape[1:] != (3, size, size):
             raise ValueError(f"expected images (B, 3, {size}, {size}), got {tuple(images.shape)}")
-        patches = rearrange(self.stem(images * 2 - 1), "b d h w -> b (h w) d")
-        return F.normalize(self.image_encoder(patches).float(), dim=-1)
+        x = images * 2 - 1
+        if self.stem is not None:
+            x = rearrange(self.stem(x), "b d h w -> b (h w) d")
+        return F.normalize(self.image_encoder(x).float(), dim=-1)
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, E), unit length."""
