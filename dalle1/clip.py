@@ -1,7 +1,9 @@
 """A small CLIP (Radford et al. 2021) for reranking samples: which image fits a caption best.
 
-Image encoder: a conv stem that cuts the image into patch_size x patch_size patches, then a
-transformer over the patches and a class token. Text encoder: a causal transformer over the
+Image encoder (`image_encoder`): "patches", a conv stem that cuts the image into patch_size x
+patch_size patches, then a transformer over the patches and a class token; or "conv", a small
+CNN (as CLIP's ResNets), which learnt the icon grid's objects from 11,450 drawings far better
+(docs/results.md). Text encoder: a causal transformer over the
 caption's ids (the same tokenizer as the DALL-E model, padding per position) with a class token
 last. Both class tokens are projected into one embedding space; a learned temperature scales
 their cosine similarities, and the loss (`contrastive_loss`) is the symmetric cross-entropy of
@@ -35,7 +37,7 @@ class CLIPConfig:
     heads: int = 4  # attention heads per block
     embed_width: int = 128  # width of the shared image-text embedding space
     # "patches": a transformer over patches (ViT); "conv": a small CNN (ConvImageEncoder) of
-    # conv_width channels at its first stage
+    # conv_width channels at its first stage, for few images (the icon grid: docs/results.md)
     image_encoder: str = "patches"
     conv_width: int = 32
 

@@ -31,9 +31,11 @@ def toy_set(tokenizer):
     return images, captions, tokenizer.encode_batch(captions)
 
 
-def tiny_clip(tokenizer) -> CLIP:
+def tiny_clip(tokenizer, image_encoder: str = "patches") -> CLIP:
     torch.manual_seed(0)
     config = CLIPConfig(
+        image_encoder=image_encoder,
+        conv_width=8,
         image_size=16,
         patch_size=8,
         text_length=8,
@@ -58,9 +60,10 @@ def train(model, images, text, steps=60):
     return losses
 
 
-def test_loss_falls_and_rerank_picks_the_matching_image(tokenizer):
+@pytest.mark.parametrize("image_encoder", ["patches", "conv"])
+def test_loss_falls_and_rerank_picks_the_matching_image(tokenizer, image_encoder):
     images, captions, text = toy_set(tokenizer)
-    model = tiny_clip(tokenizer)
+    model = tiny_clip(tokenizer, image_encoder)
     losses = train(model, images, text)
     assert losses[-1] < 0.2 * losses[0]
     for i, caption in enumerate(captions):
@@ -72,9 +75,12 @@ def test_loss_falls_and_rerank_picks_the_matching_image(tokenizer):
     assert again[0] == 1 and sorted(again.tolist()) == [0, 1, 2, 3]
 
 
-def test_checkpoint_round_trip_and_clear_errors(tmp_path, tokenizer):
+@pytest.mark.parametrize("image_encoder", ["patches", "conv"])
+def test_checkpoint_round_trip_and_clear_errors(tmp_path, tokenizer, image_encoder):
     images, _, text = toy_set(tokenizer)
-    model = tiny_clip(tokenizer).eval()
+    model = tiny_clip(tokenizer, image_encoder)
+    train(model, images, text, steps=3)  # the conv encoder's norm statistics move from their start
+    model.eval()
     model.save_pretrained(tmp_path / "clip")
     loaded = CLIP.from_pretrained(tmp_path / "clip").eval()
     with torch.no_grad():
@@ -87,6 +93,8 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path, tokenizer):
         CLIP.from_pretrained(tmp_path / "nothing")
     with pytest.raises(ValueError, match=r"expected images \(B, 3, 16, 16\)"):
         model.encode_images(torch.zeros(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="image_encoder must be patches or conv"):
+        CLIPConfig(image_encoder="resnet")
 
 
 def test_hard_negatives_join_the_image_to_text_half_of_the_loss(tokenizer):
