@@ -88,21 +88,26 @@ def conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
     )
 
 
+def small_cnn(width: int) -> tuple[nn.Sequential, int]:
+    """A 4x4 stride-2 stem, then 4 stages of two 3x3 convs (width x 1, 2, 4, 8 channels; stages
+    2-4 halve the grid): (B, 3, S, S) -> (B, 8 width, S / 16, S / 16). Returns it and 8 width.
+    The CLIP's conv image encoder and the icons' judge."""
+    layers = [nn.Conv2d(3, width, 4, 2, 1), nn.ReLU(inplace=True)]
+    channels = width
+    for stage in range(4):
+        out = width * 2**stage
+        layers += [conv_block(channels, out, 1 if stage == 0 else 2), conv_block(out, out, 1)]
+        channels = out
+    return nn.Sequential(*layers), channels
+
+
 class ConvImageEncoder(nn.Module):
-    """(B, 3, S, S) in [-1, 1] -> (B, embed_width): a 4x4 stride-2 stem, 4 stages of two 3x3
-    convs (conv_width x 1, 2, 4, 8 channels; stages 2-4 halve the grid), global average
+    """(B, 3, S, S) in [-1, 1] -> (B, embed_width): small_cnn of conv_width, global average
     pooling and a projection."""
 
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
-        w = config.conv_width
-        layers = [nn.Conv2d(3, w, 4, 2, 1), nn.ReLU(inplace=True)]
-        channels = w
-        for stage in range(4):
-            out = w * 2**stage
-            layers += [conv_block(channels, out, 1 if stage == 0 else 2), conv_block(out, out, 1)]
-            channels = out
-        self.body = nn.Sequential(*layers)
+        self.body, channels = small_cnn(config.conv_width)
         self.norm = nn.LayerNorm(channels)
         self.proj = nn.Linear(channels, config.embed_width, bias=False)
 

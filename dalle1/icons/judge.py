@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from dalle1.clip import small_cnn
 from dalle1.icons.data import load_images
 from pretrained import Pretrained
 
@@ -43,12 +44,6 @@ class IconJudgeConfig:
             raise ValueError("the judge needs the object and style names")
 
 
-def conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
-
-
 class IconJudge(nn.Module, Pretrained):
     """A small CNN: a 4x4 stride-2 stem, 4 stages of two 3x3 convs (the first of stages 2-4
     with stride 2), global average pooling, and two linear heads."""
@@ -59,14 +54,7 @@ class IconJudge(nn.Module, Pretrained):
     def __init__(self, config: IconJudgeConfig) -> None:
         super().__init__()
         self.config = config
-        w = config.width
-        layers = [nn.Conv2d(3, w, 4, 2, 1), nn.ReLU(inplace=True)]
-        channels = w
-        for stage in range(4):
-            out = w * 2**stage
-            layers += [conv_block(channels, out, 1 if stage == 0 else 2), conv_block(out, out, 1)]
-            channels = out
-        self.body = nn.Sequential(*layers)
+        self.body, channels = small_cnn(config.width)
         self.object_head = nn.Linear(channels, len(config.objects))
         self.style_head = nn.Linear(channels, len(config.styles))
 
