@@ -107,7 +107,9 @@ def run_tokenizer(config: TokenizerTrainingConfig, args: argparse.Namespace) -> 
 
 def run_encode(config: EncodeConfig, args: argparse.Namespace) -> None:
     c = config
-    meta = encode_dataset(c.vqvae, c.data, c.out, c.batch_size, c.shard_size, c.device)
+    meta = encode_dataset(
+        c.vqvae, c.data, c.out, c.batch_size, c.shard_size, c.device, mirror=c.mirror
+    )
     print(
         f"token cache {c.out}: {meta['count']} images as {meta['grid']}x{meta['grid']} codes "
         f"in {len(meta['shards'])} shard(s), {meta['skipped']} skipped"

@@ -393,3 +393,19 @@ def test_bad_arguments_name_the_problem(parts, tmp_path, dalle_args, capsys):
     (run / MANIFEST_FILE).write_text(json.dumps(manifest))
     assert dalle1_main(["sample", "--run", str(run), "x"]) == 2
     assert "do not fit" in capsys.readouterr().err
+
+
+def test_mirror_on_a_cache_without_mirrors_names_the_command_that_writes_them(
+    parts, tmp_path, dalle_args, capsys
+):
+    argv = dalle_args(parts, tmp_path / "run", "data.mirror=true", "train.max_steps=1")
+    assert train.main(argv) != 0
+    assert "train.py encode --mirror" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_mirror_on_images_encoded_on_the_fly_trains(parts, tmp_path, dalle_args):
+    options = ["data.mirror=true", "train.max_steps=2", "train.eval_every=0"]
+    argv = dalle_args(parts, tmp_path / "run", f"data.source={parts / 'data'}", *options)
+    assert train.main(argv) == 0
+    assert (tmp_path / "run" / "checkpoints" / "step_0000002").is_dir()

@@ -46,14 +46,17 @@ def test_every_stage_at_the_papers_scale_from_one_folder(images_256, tmp_path, m
     monkeypatch.setattr(run_all, "SAMPLES", 2)
     monkeypatch.setattr(run_all, "KEEP", 2)
     out = tmp_path / "run"
-    run = run_all.AllStages(out, str(images_256), None, "gpu256", TINY_GPU256, text_vocab=300)
+    overrides = [*TINY_GPU256, "dalle.data.mirror=true"]  # the cache holds the mirrors too
+    run = run_all.AllStages(out, str(images_256), None, "gpu256", overrides, text_vocab=300)
     report = run.run(sample_captions=["a small red circle in the top left"])
     # A held-out share of the folder, as links, that every stage evaluates on.
     held = [p for p in (out / "data" / "eval").glob("*.png")]
     assert len(held) == 1 and held[0].is_symlink()
     assert len(list((out / "data" / "train").glob("*.png"))) == 11
     meta = json.loads((out / "cache" / "train" / "meta.json").read_text())
-    assert (meta["count"], meta["grid"], meta["codebook_size"]) == (11, 32, 64)
+    assert (meta["count"], meta["grid"], meta["codebook_size"]) == (22, 32, 64)
+    eval_meta = json.loads((out / "cache" / "eval" / "meta.json").read_text())
+    assert meta["mirrored"] and not eval_meta["mirrored"]  # the held-out images stay as they are
     config = json.loads(
         (out / "dalle" / "checkpoints" / "step_0000002" / "model_config.json").read_text()
     )
@@ -84,7 +87,7 @@ def test_every_stage_at_the_papers_scale_from_one_folder(images_256, tmp_path, m
     images, scores = pipe.sample("a blue square", n=2, keep=1)
     assert images.shape == (1, 3, 256, 256) and scores.shape == (1,)
     capsys.readouterr()
-    run_all.AllStages(out, str(images_256), None, "gpu256", TINY_GPU256, text_vocab=300).run(
+    run_all.AllStages(out, str(images_256), None, "gpu256", overrides, text_vocab=300).run(
         sample_captions=["a small red circle in the top left"]
     )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[all] ")]

@@ -95,3 +95,22 @@ def test_encode_names_a_missing_dvae(tmp_path, images, capsys):
 def test_missing_cache_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a token cache"):
         TokenCacheDataset(tmp_path)
+
+
+def test_mirror_adds_each_image_mirrored_with_its_captions(tmp_path, dvae_folder):
+    folder = tmp_path / "drawings"
+    folder.mkdir()
+    for i in range(3):  # bright on the left, dark on the right: a mirror changes the codes
+        pixels = torch.zeros(16, 16, 3, dtype=torch.uint8)
+        pixels[:, : 4 + 2 * i] = 255
+        Image.fromarray(pixels.numpy()).save(folder / f"d{i}.png")
+        (folder / f"d{i}.txt").write_text(f"drawing {i}\n")
+    meta = encode_dataset(dvae_folder, str(folder), tmp_path / "cache", mirror=True, progress=False)
+    assert meta["count"] == 6 and meta["mirrored"] is True
+    cache = TokenCacheDataset(tmp_path / "cache", train=False)
+    model = DiscreteVAE.from_pretrained(dvae_folder)
+    images = torch.stack([image for image, _ in ImageFolderDataset(folder, 16, train=False)])
+    originals, mirrors = model.encode(images), model.encode(images.flip(-1))
+    assert not torch.equal(originals, mirrors)
+    assert torch.equal(cache.codes.long(), torch.cat([originals, mirrors]))  # one batch
+    assert cache.captions[0] == cache.captions[3] == ["drawing 0"]

@@ -49,6 +49,11 @@ class DALLEDataConfig:
         default_factory=lambda: ["a small red circle in the top left", "a blue square"]
     )
     samples_per_caption: int = 4  # images per preview caption
+    # train on each image and on its left-right mirror: twice the images, for pictures that a
+    # mirror does not change the meaning of (drawings, most photos; not text). A token cache
+    # must hold the mirrors (`train.py encode --mirror`; `train.py all` writes them); images
+    # encoded on the fly are mirrored half of the time.
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.bpe_dropout < 1 or not 0 <= self.caption_drop <= 1:
@@ -106,6 +111,12 @@ class DALLEStage(Stage):
         )
         self.config = config = replace(config, model=model_config)
         dataset, self.encode_train = open_codes(data.source, self.image_tokenizer, True, seed)
+        if data.mirror and not self.encode_train and not dataset.meta.get("mirrored"):
+            raise ValueError(
+                f"data.mirror is set but the token cache {data.source!r} holds no mirrored "
+                "images: write it with `python train.py encode --mirror` (for `train.py all`: "
+                "remove that folder and run it again)"
+            )
         eval_set, encode_eval = open_codes(
             data.eval_source or data.source, self.image_tokenizer, False, seed
         )
@@ -155,6 +166,11 @@ class DALLEStage(Stage):
         # repeat on resume and do not depend on the number of processes.
         base = (self.config.train.seed * 1_000_003 + step) * 1009
         base += trainer.sample_offset
+        if data.mirror and self.encode_train:  # images (B, 3, H, W): half of them mirrored
+            images, captions = batch
+            draws = [random.Random(f"mirror/{base + i}").random() for i in range(len(images))]
+            mirrored = torch.tensor(draws)[:, None, None, None] < 0.5
+            batch = torch.where(mirrored, images.flip(-1), images), captions
         text, codes = self.to_inputs(batch, self.encode_train, data.bpe_dropout, base)
         if data.caption_drop > 0:
             draws = [random.Random(base + i).random() for i in range(len(text))]

@@ -28,6 +28,9 @@ class EncodeConfig:
     batch_size: int = 64  # images per encoder call
     shard_size: int = 10000  # images per cache shard
     device: str = "auto"  # auto, cpu, cuda, ...
+    # also each image mirrored left-right, with its captions: twice the images, for pictures
+    # that a mirror does not change the meaning of (drawings, most photos; not text)
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         if not self.vqvae or not self.data or not self.out:
@@ -42,10 +45,12 @@ def encode_dataset(
     shard_size: int = 10000,
     device: str = "auto",
     progress: bool = True,
+    mirror: bool = False,
 ) -> dict:
     """Encode every usable image of `source` (centre crops) into a token cache at `out`.
 
-    Returns the cache's meta dict (count, shards, skipped, grid and codebook sizes).
+    mirror: each batch of images is followed by their left-right mirrors, with the same captions.
+    Returns the cache's meta dict (count, shards, skipped, grid and codebook sizes, mirrored).
     """
     from tqdm import tqdm
 
@@ -58,9 +63,11 @@ def encode_dataset(
     size = len(dataset) if hasattr(dataset, "__len__") else None
     with tqdm(total=size, desc="encoding", unit="img", disable=not progress) as bar:
         for images, captions in loader:
-            codes = tokenizer.encode(images.to(run_device))
-            writer.add(codes, [c.split("\n") for c in captions])
-            bar.update(len(codes))
+            images, captions = images.to(run_device), [c.split("\n") for c in captions]
+            writer.add(tokenizer.encode(images), captions)
+            if mirror:
+                writer.add(tokenizer.encode(images.flip(-1)), captions)
+            bar.update(len(images))
     meta = writer.finish(
         vqvae=str(folder),
         source=source,
@@ -68,6 +75,7 @@ def encode_dataset(
         grid=tokenizer.grid,
         codebook_size=tokenizer.codebook_size,
         skipped=dataset.skips.count,
+        mirrored=mirror,
     )
     if dataset.skips.count:
         logger.warning(dataset.skips.summary())

@@ -183,11 +183,13 @@ class AllStages:
         return True
 
     def encode(self) -> bool:
-        done = False
+        done, mirror = False, self.config("dalle").data.mirror
         for split, source in (("train", self.data), ("eval", self.eval_data)):
             cache = self.out / "cache" / split
             if not is_token_cache(cache):
-                encode_dataset(self.image_tokenizer, source, cache)
+                encode_dataset(
+                    self.image_tokenizer, source, cache, mirror=mirror and split == "train"
+                )
                 done = True
         return done
 
