@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from dalle1.config import load_config
+from dalle1.device import autocast_dtype, cpu_has_native_bf16
 from dalle1.stages.vqvae import VQVAERunConfig, VQVAEStage, train_vqvae
 from dalle1.training import OptimConfig, TrainConfig, Trainer, TrainingDiverged
 from dalle1.training.checkpoint import atomic_checkpoint, latest_checkpoint, list_checkpoints
@@ -135,6 +137,25 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_at(55, optim, 100) == pytest.approx(0.55)
 
 
+def test_lr_schedule_restarts_each_cycle():
+    optim = OptimConfig(lr=1.0, final_lr=0.1, warmup_steps=10, cycles=2)
+    single = OptimConfig(lr=1.0, final_lr=0.1, warmup_steps=10)
+    # the first cycle is the single-cycle schedule of half the steps, and so is the second
+    for step in (0, 9, 25, 40, 49):
+        assert lr_at(step, optim, 100) == pytest.approx(lr_at(step, single, 50))
+        assert lr_at(50 + step, optim, 100) == pytest.approx(lr_at(step, single, 50))
+    assert lr_at(49, optim, 100) < 0.11 and lr_at(60, optim, 100) == pytest.approx(1.0)
+    assert lr_at(100, optim, 100) == pytest.approx(0.1)
+    assert lr_at(50, OptimConfig(lr=1.0, final_lr=0.1, cycles=3), 101) == pytest.approx(
+        lr_at(17, OptimConfig(lr=1.0, final_lr=0.1), 33)  # cycles of 33 steps, the last of 35
+    )
+    with pytest.raises(ValueError, match="cycles"):
+        OptimConfig(cycles=0)
+    assert lr_at(100, OptimConfig(lr=1.0, final_lr=0.1, cycles=3), 101) == pytest.approx(
+        lr_at(34, OptimConfig(lr=1.0, final_lr=0.1), 35)
+    )
+
+
 def test_orthogonalize_brings_every_singular_value_near_one():
     for rows, columns in [(48, 12), (12, 48), (32, 32)]:
         k = min(rows, columns)
@@ -185,6 +206,7 @@ import sys, time
 from pathlib import Path
 import dalle1.training.checkpoint as checkpoint
 from dalle1.config import load_config
+from dalle1.device import autocast_dtype, cpu_has_native_bf16
 from dalle1.stages.vqvae import VQVAERunConfig, VQVAEStage, train_vqvae
 
 saves = []
@@ -280,3 +302,18 @@ def test_keep_best_off_writes_no_best_folder(tmp_path, shapes_folder):
     train_vqvae(tiny_config(tmp_path, shapes_folder, "train.max_steps=4", "train.keep_best=false"))
     assert not (tmp_path / "best").exists()
     assert resolve_model_folder(tmp_path) == latest_checkpoint(tmp_path / "checkpoints")
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch):
+    cpu = torch.device("cpu")
+    for native in (False, True):
+        capabilities = {"avx512_bf16": native}
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda c=capabilities: c)
+        cpu_has_native_bf16.cache_clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert autocast_dtype("bf16", cpu) is torch.bfloat16
+            assert autocast_dtype("auto", cpu) is None  # fp32 on the CPU: nothing to warn of
+        warned = [w for w in caught if "without native bf16" in str(w.message)]
+        assert len(warned) == (0 if native else 1)
+    cpu_has_native_bf16.cache_clear()

@@ -1,5 +1,5 @@
 """AdamW (or Muon for the blocks' matrices) with decoupled weight decay on matrices, linear
-warm-up then cosine decay."""
+warm-up then cosine decay, in one cycle or several (warm restarts)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ class OptimConfig:
     eps: float = 1e-8  # AdamW epsilon
     weight_decay: float = 1e-4  # decoupled decay, on weights of rank >= 2 only
     grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
+    # warm restarts: train.max_steps is split into this many equal cycles, each a warm-up and a
+    # cosine decay to final_lr (SGDR); a small set overfits late in one long decay
+    cycles: int = 1
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "muon"):
@@ -36,10 +39,20 @@ class OptimConfig:
             raise ValueError(
                 f"lr must be positive and final_lr non-negative, got {self.lr}, {self.final_lr}"
             )
+        if self.cycles < 1:
+            raise ValueError(f"cycles must be at least 1, got {self.cycles}")
 
 
 def lr_at(step: int, optim: OptimConfig, max_steps: int) -> float:
-    """Linear warm-up to optim.lr, then half-cosine decay to optim.final_lr at max_steps."""
+    """Linear warm-up to optim.lr, then half-cosine decay to optim.final_lr at the end of the
+    cycle; max_steps holds optim.cycles equal cycles (the last one takes the remainder)."""
+    cycle_length = max(max_steps // optim.cycles, 1)
+    cycle = min(step // cycle_length, optim.cycles - 1)
+    step -= cycle * cycle_length
+    if cycle < optim.cycles - 1:
+        max_steps = cycle_length
+    else:
+        max_steps -= cycle * cycle_length  # the last cycle's length
     if step < optim.warmup_steps:
         return optim.lr * (step + 1) / optim.warmup_steps
     span = max(max_steps - optim.warmup_steps, 1)
