@@ -48,11 +48,9 @@ def lr_at(step: int, optim: OptimConfig, max_steps: int) -> float:
     cycle; max_steps holds optim.cycles equal cycles (the last one takes the remainder)."""
     cycle_length = max(max_steps // optim.cycles, 1)
     cycle = min(step // cycle_length, optim.cycles - 1)
-    step -= cycle * cycle_length
-    if cycle < optim.cycles - 1:
-        max_steps = cycle_length
-    else:
-        max_steps -= cycle * cycle_length  # the last cycle's length
+    start = cycle * cycle_length
+    end = max_steps if cycle == optim.cycles - 1 else start + cycle_length
+    step, max_steps = step - start, end - start
     if step < optim.warmup_steps:
         return optim.lr * (step + 1) / optim.warmup_steps
     span = max(max_steps - optim.warmup_steps, 1)
